@@ -1,0 +1,233 @@
+"""Command line: ``adios train``, ``adios config``, ``adios presets``, ``adios data check``,
+``adios bench data``, ``adios eval ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from adios.checkpoint import RunDirError
+from adios.config import ConfigError, describe, load_config, preset_names, read_preset, to_dict
+from adios.data.errors import DataError
+
+OVERRIDES_HELP = (
+    "preset=NAME and dotted overrides KEY=VALUE, e.g. preset=shapes-simclr-adios optim.lr=0.3 "
+    "(see `adios config --keys`)"
+)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from adios.train import train
+
+    if args.resume is not None:
+        saved = yaml.safe_load((Path(args.resume) / "config.yaml").read_text())
+        if any(item.startswith("preset=") for item in args.overrides):
+            raise ConfigError("preset: a resumed run keeps its own configuration")
+        cfg = load_config(args.overrides, base=saved)
+        cfg.run_dir = str(args.resume)
+    else:
+        cfg = load_config(args.overrides)
+    run_dir = train(cfg, resume=args.resume is not None, overwrite=args.overwrite,
+                    stop_after_epoch=args.stop_after_epoch)
+    print(run_dir)
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.keys:
+        print("\n".join(describe()))
+        return 0
+    print(yaml.safe_dump(to_dict(load_config(args.overrides)), sort_keys=False), end="")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    for name in preset_names():
+        doc = read_preset(name).get("description", "")
+        print(f"{name:32s} {doc}")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from adios.data.check import check_dataset
+
+    paths = [word for word in args.overrides if "=" not in word]
+    if len(paths) > 1:
+        raise ConfigError(f"data.path: give one PATH, got {' '.join(paths)}")
+    overrides = [word for word in args.overrides if "=" in word]
+    cfg = load_config(overrides + [f"data.path={p}" for p in paths])
+    explicit = any(w.startswith(("preset=", "data.name=")) for w in overrides)
+    return check_dataset(cfg.data, detect=not explicit, progress=not args.no_progress)
+
+
+def _bench_data(args: argparse.Namespace) -> int:
+    from adios.bench import bench_data, format_bench
+
+    result = bench_data(load_config(args.overrides), batches=args.batches, steps=args.steps,
+                        warmup=args.warmup)
+    print(json.dumps(result) if args.json else format_bench(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adios", description="Adversarial masked-image self-supervised learning (ADIOS)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an encoder and an occlusion model",
+                       description="Train with a preset (default: shapes-simclr-adios) and "
+                       "overrides; prints the run directory as its last line.")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--resume", metavar="RUN_DIR", type=Path,
+                   help="continue a run from its last checkpoint (overrides apply on top)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing, non-empty run directory (train.run_dir)")
+    p.add_argument("--stop-after-epoch", type=int, metavar="K",
+                   help="stop (resumably) after epoch K, e.g. to train in chunks")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("config", help="print the resolved configuration",
+                       description="Print the configuration a train command would use.")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--keys", action="store_true", help="list every key, its default and type")
+    p.set_defaults(func=_config)
+
+    p = sub.add_parser("presets", help="list the shipped presets",
+                       description="List the YAML presets shipped in the package.")
+    p.set_defaults(func=_presets)
+
+    p = sub.add_parser("data", help="inspect a dataset on disk",
+                       description="Dataset tools.").add_subparsers(
+        dest="data_command", required=True, metavar="TOOL")
+    p = p.add_parser("check", help="report counts, sizes, modes, unreadable files, duplicates",
+                     description="Scan a dataset with the same options as training (data.name=, "
+                     "data.class_list=, preset=, ...): counts per split and class, image sizes "
+                     "and modes, unreadable files, duplicates. Without data.name or preset the "
+                     "format is detected from PATH. Exit status 1 when problems are found.")
+    p.add_argument("overrides", nargs="*", metavar="PATH | KEY=VALUE",
+                   help="the dataset folder (sets data.path) and overrides")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_data_check)
+
+    p = sub.add_parser("bench", help="measure throughput",
+                       description="Benchmarks.").add_subparsers(
+        dest="bench_command", required=True, metavar="WHAT")
+    p = p.add_parser("data", help="augmentation vs training-step images/s for a preset",
+                     description="Images/s of the data pipeline (batch source + two-view "
+                     "augmentation) and of the full training step on the preset's models, "
+                     "side by side with their ratio (augmentation / training; above 1 the "
+                     "model is never starved).")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--batches", type=int, default=20, metavar="N",
+                   help="timed augmentation batches (default 20)")
+    p.add_argument("--steps", type=int, default=5, metavar="N",
+                   help="timed training steps (default 5)")
+    p.add_argument("--warmup", type=int, default=2, metavar="N",
+                   help="untimed batches and steps first (default 2)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_bench_data)
+
+    _add_eval_parsers(sub)
+    return parser
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from adios.evaluation.commands import main as eval_main
+
+    return eval_main(args)
+
+
+EVAL_TARGET = "RUN_DIR | KEY=VALUE"
+EVAL_TARGET_HELP = ("a run directory (config.yaml + weights), and data.* overrides to evaluate on "
+                    "another dataset (e.g. data.name=cifar10 data.path=DIR); with --encoder, the "
+                    "model options instead (preset=, model.*, data.image_size, data.mean/std)")
+
+
+def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
+    """``adios eval knn|linear|masks|robustness|transfer|report``."""
+    tools = sub.add_parser(
+        "eval", help="evaluate a trained encoder and masker",
+        description="Evaluations that never select anything on the test split: k, temperature "
+        "and weight decay are chosen on the validation split, the final probe is fitted on "
+        "train+val and test is scored once. Results go to eval_*.json (and pictures) in the run "
+        "directory, or --out.").add_subparsers(dest="eval_command", required=True,
+                                                metavar="WHAT")
+
+    def model_parser(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        p = tools.add_parser(name, help=summary, description=description)
+        p.add_argument("overrides", nargs="*", metavar=EVAL_TARGET, help=EVAL_TARGET_HELP)
+        p.add_argument("--encoder", type=Path, metavar="FILE",
+                       help="an exported encoder (safetensors) instead of a run directory")
+        p.add_argument("--masker", type=Path, metavar="FILE",
+                       help="with --encoder: an exported masker (safetensors)")
+        p.add_argument("--out", type=Path, metavar="DIR",
+                       help="where results go (default: the run directory, or the encoder's)")
+        p.set_defaults(func=_eval)
+        return p
+
+    model_parser("knn", "weighted kNN on frozen features",
+                 "Weighted kNN on L2-normalised backbone features: k and temperature chosen on "
+                 "val (bank: train), then test scored once (bank: train+val) for the chosen and "
+                 "the conventional settings (k=20 and k=200, T=0.1).")
+    p = model_parser("linear", "linear probe on frozen features",
+                     "Linear probe. Default: the standard recipe (SGD lr 0.1, momentum 0.9, "
+                     "lr/10 at 60% and 80% of the epochs, crop+flip augmentation on the "
+                     "device; meant for a GPU). --fast: L-BFGS logistic regression on cached "
+                     "features, weight decay chosen on val; runs on a laptop.")
+    p.add_argument("--fast", action="store_true",
+                   help="cached features + full-batch L-BFGS, weight decay chosen on val")
+    p.add_argument("--epochs", type=int, default=100, help="standard recipe epochs (100)")
+    p.add_argument("--batch-size", type=int, default=256, help="standard recipe batch (256)")
+    model_parser("masks", "mask quality against ground-truth objects",
+                 "Foreground ARI (multi-object scenes), mBO, best-mask coverage, mask sizes and "
+                 "collapsed masks on the test scenes, for the masker, the masker at "
+                 "initialisation and random blobs.")
+    p = model_parser("robustness", "backgrounds test on the built-in scenes",
+                     "Probes fitted on scenes whose background follows the label, scored on "
+                     "only-foreground, only-background, same-class and random backgrounds; the "
+                     "same-minus-random gap is the reliance on the background.")
+    p.add_argument("--correlation", type=float, metavar="C",
+                   help="how often the training background follows the label (default: the "
+                   "dataset's data.scenes.background_class_correlation, or 0.9 when it is 0)")
+    model_parser("transfer", "kNN and fast linear probe on another dataset",
+                 "Probe a model trained on one dataset on another (data.name=... data.path=...): "
+                 "kNN and the fast linear probe, written to eval_transfer_<name>.json.")
+    p = tools.add_parser("report", help="HTML + PNG report of a run",
+                         description="Write report.html (self-contained) and report.png (its "
+                         "key panels) from a run directory: training curves, mask pictures, "
+                         "summary.json and every eval_*.json.")
+    p.add_argument("overrides", nargs="*", metavar="RUN_DIR",
+                   help="the run directory (with --evaluate: also train.device=... etc.)")
+    p.add_argument("--evaluate", action="store_true",
+                   help="first run the cheap evaluations: knn, linear --fast, masks, robustness")
+    p.add_argument("--html", type=Path, metavar="FILE",
+                   help="where the HTML goes (default RUN_DIR/report.html; PNG alongside)")
+    p.set_defaults(func=_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # overrides may come before or after options: collect the stray KEY=VALUE words
+    args, extra = parser.parse_known_args(argv)
+    unknown = [word for word in extra if word.startswith("-") or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = args.overrides + extra
+    try:
+        return args.func(args)
+    except (ConfigError, RunDirError, DataError) as err:
+        print(f"adios: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("adios: interrupted; the last finished epoch's checkpoint is intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""Typed configuration: dataclass defaults, YAML presets shipped in the package, dotted overrides.
+
+A preset is a partial YAML document over the dataclass defaults; the command line adds
+``key.sub=value`` overrides on top. Everything is validated before any work starts, so a typo in
+a key or a value out of range fails in a second with a message naming the key and what is
+allowed, instead of an hour into a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+from adios.data.augment import ViewConfig
+from adios.data.scenes import SceneConfig
+
+DEFAULT_PRESET = "shapes-simclr-adios"
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a preset or override; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    # readers and their layouts: adios/data/readers.py and README "Datasets"
+    name: Literal["shapes", "cifar10", "cifar100", "stl10", "folder", "fashion-mnist"] = "shapes"
+    path: str | None = None  # dataset root; fashion-mnist: null = Debian's package location
+    image_size: int = 32  # every split is held (and a streamed image decoded) at this size
+    seed: int = 0  # fixes generated scenes and the train/val carve: the same across train seeds
+    # null: all images of a real dataset (validation: 10 % of the labelled training images);
+    # 4096 / 1024 / 1024 generated scenes
+    num_train: int | None = None
+    num_val: int | None = None
+    num_test: int | None = None
+    split: Literal["train", "train+unlabeled"] = "train"  # stl10: the pretraining images
+    class_list: str | None = None  # folder: file of class folder names to keep (ImageNet-100)
+    # folder: decode into memory, or stream from worker processes; "auto" streams when the
+    # training images take more than memory_limit_mb as uint8 at image_size
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    memory_limit_mb: int = 4096
+    workers: int | None = None  # decoding processes; null: the usable cores, at most 8
+    bad_files: Literal["error", "skip"] = "error"  # folder: undecodable images stop the run
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    scenes: SceneConfig = field(default_factory=SceneConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 16, "image_size", "must be at least 16")
+        _check(self.num_train is None or self.num_train >= 2, "num_train", "must be at least 2")
+        _check(self.num_val is None or self.num_val >= 1, "num_val", "must be at least 1")
+        _check(self.num_test is None or self.num_test >= 1, "num_test", "must be at least 1")
+        _check(self.split == "train" or self.name == "stl10", "split", "applies to stl10 only")
+        _check(self.class_list is None or self.name == "folder", "class_list",
+               "applies to data.name=folder only")
+        _check(self.loader != "stream" or self.name == "folder", "loader",
+               "only class-folder datasets (data.name=folder) can be streamed")
+        _check(self.memory_limit_mb >= 0, "memory_limit_mb", "must be >= 0")
+        _check(self.workers is None or self.workers >= 0, "workers", "must be >= 0")
+        _check(all(s > 0 for s in self.std), "std", "must be positive")
+        # the scenes follow data.image_size; a different data.scenes.image_size is a conflict
+        if self.name == "shapes" and self.scenes.image_size != self.image_size:
+            _check(self.scenes.image_size == SceneConfig().image_size, "scenes.image_size",
+                   "set data.image_size instead")
+            self.scenes = dataclasses.replace(self.scenes, image_size=self.image_size)
+
+
+@dataclass
+class AugmentConfig:
+    view_a: ViewConfig = field(default_factory=ViewConfig)
+    view_b: ViewConfig = field(default_factory=ViewConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: Literal["resnet18", "vit_tiny", "vit_small"] = "resnet18"
+    width: int = 64
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.width >= 1, "width", "must be a positive integer")
+
+
+@dataclass
+class MaskerConfig:
+    n_masks: int = 4
+    fbase: int = 32
+    norm: Literal["group", "instance", "none"] = "group"
+    blur_sigma: float = 0.0  # px; > 0 smooths the masks (our addition, see OcclusionModel)
+
+    def __post_init__(self) -> None:
+        _check(self.n_masks >= 2, "n_masks", "must be at least 2")
+        _check(self.blur_sigma >= 0, "blur_sigma", "must be >= 0")
+        _check(self.fbase >= 8 and self.fbase % 8 == 0, "fbase", "must be a multiple of 8")
+
+
+@dataclass
+class ObjectiveConfig:
+    name: Literal["simclr", "byol", "simsiam"] = "simclr"
+    temperature: float = 0.2
+    proj_hidden: int | None = None  # None: the objective's published default
+    proj_out: int | None = None
+    pred_hidden: int | None = None
+    base_momentum: float = 0.99
+    final_momentum: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "temperature", "must be positive")
+        _check(0 <= self.base_momentum <= self.final_momentum <= 1, "base_momentum",
+               "need 0 <= base_momentum <= final_momentum <= 1")
+
+
+@dataclass
+class MaskingConfig:
+    mode: Literal["adios", "adios-s", "none"] = "adios"
+    alpha_sparsity: float = 1.0
+    schedule: Literal["fast", "reference"] = "fast"
+
+    def __post_init__(self) -> None:
+        _check(self.alpha_sparsity >= 0, "alpha_sparsity", "must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["lars", "sgd", "adamw"] = "lars"
+    batch_size: int = 128
+    lr: float = 0.3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    eta: float = 0.02
+    warmup_epochs: float = 10.0
+    final_lr_fraction: float = 0.0
+    mask_name: Literal["lars", "sgd", "adamw"] | None = None  # None: same as `name`
+    mask_lr: float = 0.3
+    mask_weight_decay: float = 0.0
+    probe_lr: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 2, "batch_size", "must be at least 2")
+        for key in ("lr", "mask_lr", "probe_lr"):
+            _check(getattr(self, key) > 0, key, "must be positive")
+        _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        _check(0 <= self.final_lr_fraction <= 1, "final_lr_fraction", "must be in [0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    log_every: int = 10
+    picture_every: int = 1  # epochs between mask pictures; 0 = only at the end
+    knn_every: int = 1  # epochs between kNN monitor evaluations; 0 = only at the end
+    knn_k: int = 20
+    knn_temperature: float = 0.1
+    knn_bank: int = 4096  # training images used as the kNN memory bank (at most the split size)
+    eval_batch_size: int = 256
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "epochs", "must be at least 1")
+        _check(self.log_every >= 1, "log_every", "must be at least 1")
+        _check(self.knn_k >= 1, "knn_k", "must be at least 1")
+        _check(self.knn_temperature > 0, "knn_temperature", "must be positive")
+
+
+@dataclass
+class Config:
+    preset: str = DEFAULT_PRESET
+    description: str = ""
+    seed: int = 0
+    run_dir: str | None = None  # None: runs/<preset>-<timestamp>
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    masker: MaskerConfig = field(default_factory=MaskerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, "seed", "must be >= 0")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("adios") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(preset_names())}")
+    text = (resources.files("adios") / "presets" / f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=0.3", "data.scenes.max_objects=3"]`` -> nested dict of YAML-parsed values."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item!r}: an override is key=value, e.g. optim.lr=0.3")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{key}: cannot parse value {raw!r} ({err})") from None
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part!r} was already given a value")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> Config:
+    """Resolve ``preset=NAME`` (default DEFAULT_PRESET) and dotted overrides into a Config.
+
+    With ``base`` (a resolved config saved in a run directory), the preset is not re-read: the
+    overrides apply on top of exactly what the run used.
+    """
+    tree = parse_overrides(overrides or [])
+    if base is None:
+        preset = tree.pop("preset", DEFAULT_PRESET)
+        if not isinstance(preset, str):
+            raise ConfigError(f"preset: expected a preset name, got {preset!r}")
+        base = merge(read_preset(preset), {"preset": preset})
+    return build(Config, merge(base, tree), "")
+
+
+def build(cls: type, data: Any, path: str) -> Any:
+    """Construct dataclass ``cls`` from a dict, checking every key and value against its type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in fields:
+            allowed = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key; allowed keys here: {allowed}")
+        kwargs[key] = _coerce(hints[key], value, where)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{path}.{err}" if path else str(err)) from None
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{path or 'config'}: {err}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, where)
+            except ConfigError as err:
+                errors.append(str(err).split(": ", 1)[-1])
+        nullable = " or null" if type(None) in args else ""
+        raise ConfigError(f"{where}: {' or '.join(errors)}{nullable}")
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{where}: got {value!r}; allowed values: {allowed}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return build(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list like [1, 2], got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # a bug in a dataclass, not user input
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data form (lists, not tuples) for YAML/JSON and checkpoints."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(cfg)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe(cls: type = Config, prefix: str = "") -> list[str]:
+    """One line per key with its type and default, for ``adios config --keys``."""
+    lines = []
+    defaults = cls()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += describe(type(value), key + ".")
+        else:
+            lines.append(f"{key} = {value!r}    ({_type_name(hints[f.name])})")
+    return lines
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))

@@ -1,0 +1,231 @@
+"""Datasets as uint8 tensors, split into train / val / test, from any source the config names.
+
+Small datasets (CIFAR, STL-10 at 96 px, Fashion-MNIST, the scenes, class folders up to
+``data.memory_limit_mb``) live on the training device as uint8 and are augmented there in
+batches (:mod:`adios.data.augment`), so no worker process decodes an image in the hot path.
+Larger class-folder datasets are streamed: worker processes decode each batch
+(:mod:`adios.data.streaming`) and the same on-device augmentation finishes it.
+
+Real datasets are split the same way whatever their source: the validation split is carved from
+the labelled training images (never from test) by a shuffle fixed by ``data.seed``; a class-folder
+tree without a ``test/`` (or ``val/``) folder has its test split carved the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+from adios.data.readers import (
+    UNLABELED,
+    ArraySplit,
+    DataError,
+    ImageFiles,
+    inspect_files,
+    list_image_folder,
+    read_cifar,
+    read_fashion_mnist,
+    read_stl10,
+    report_bad_files,
+    warn_skipped,
+)
+from adios.data.scenes import generate_scenes
+from adios.data.streaming import StreamingBatches
+
+SCENE_COUNTS = (4096, 1024, 1024)  # train, val, test scenes when data.num_* is null
+VAL_FRACTION = 0.1  # of the labelled training images, when data.num_val is null
+
+
+@dataclass
+class Split:
+    images: Tensor  # uint8 (N, 3, H, W)
+    labels: Tensor | None = None  # int64 (N,); UNLABELED (-1) for an image without a label
+    instances: Tensor | None = None  # uint8 (N, H, W), 0 = background; scenes only
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: Tensor | slice) -> Split:
+        pick = (lambda t: None if t is None else t[index])
+        return Split(self.images[index], pick(self.labels), pick(self.instances))
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    class_names: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    # Streamed datasets: the training files; ``train`` then holds only the first ``bank_size``
+    # of them, decoded, for evaluation (the kNN bank).
+    train_files: ImageFiles | None = None
+
+
+def load_dataset(cfg, bank_size: int = 4096, progress: bool = False) -> Dataset:
+    """Build the splits named by a DataConfig, every image validated before training starts.
+
+    All splits are uint8 at ``cfg.image_size`` (resized, shorter side first, then centre-cropped,
+    when a source stores another size). ``bank_size`` is how many training images a streamed
+    dataset decodes into ``train``; ``progress`` shows a bar while class folders are decoded.
+    """
+    if cfg.name == "shapes":
+        return _scenes(cfg)
+    if cfg.name == "folder":
+        return _folder_dataset(cfg, bank_size, progress)
+    if cfg.name in ("cifar10", "cifar100"):
+        pool, test = (read_cifar(cfg.path, cfg.name, split) for split in ("train", "test"))
+    elif cfg.name == "stl10":
+        pool, test = read_stl10(cfg.path, cfg.split), read_stl10(cfg.path, "test")
+    elif cfg.name == "fashion-mnist":
+        pool, test = (read_fashion_mnist(cfg.path, split) for split in ("train", "test"))
+    else:
+        raise ValueError(f"data.name: unknown dataset {cfg.name!r}")
+    train_index, val_index, _ = _carve(pool.labels, cfg, carve_test=False)
+    test_index = _shuffled(len(test.labels), cfg.seed + 1)[: cfg.num_test]
+    splits = [_take(part, index, cfg.image_size) for part, index in
+              ((pool, train_index), (pool, val_index), (test, test_index))]
+    return Dataset(*splits, num_classes=len(pool.class_names), class_names=pool.class_names,
+                   mean=cfg.mean, std=cfg.std)
+
+
+def _scenes(cfg) -> Dataset:
+    """Generated scenes come from ``cfg.seed``."""
+    scene_cfg = replace(cfg.scenes, image_size=cfg.image_size)
+    splits = []
+    counts = (cfg.num_train, cfg.num_val, cfg.num_test)
+    for offset, (n, default) in enumerate(zip(counts, SCENE_COUNTS, strict=True)):
+        scenes = generate_scenes(default if n is None else n, scene_cfg, seed=3 * cfg.seed + offset)
+        splits.append(Split(scenes.images, scenes.largest_shape, scenes.instances))
+    names = list(scene_cfg.shapes)
+    return Dataset(*splits, num_classes=len(names), class_names=names, mean=cfg.mean, std=cfg.std)
+
+
+def _shuffled(n: int, seed: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def _carve(labels: Tensor, cfg, carve_test: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Indices of train, val and (``carve_test``) test in a pool of training images.
+
+    Val and test come from the labelled images; the training split is the rest, labelled images
+    first, then unlabelled ones, cut to ``cfg.num_train``.
+    """
+    known = (labels != UNLABELED).nonzero().squeeze(1)
+    unknown = (labels == UNLABELED).nonzero().squeeze(1)
+    known = known[_shuffled(len(known), cfg.seed)]
+    default = max(1, round(VAL_FRACTION * len(known)))
+    num_test = (default if cfg.num_test is None else cfg.num_test) if carve_test else 0
+    num_val = default if cfg.num_val is None else cfg.num_val
+    if num_val + num_test > len(known) - 2:
+        test = f" and {num_test} test" if carve_test else ""
+        raise DataError(f"data.num_val: {num_val} validation{test} images leave fewer than 2 of "
+                        f"the {len(known)} labelled training images for training")
+    test, val = known[:num_test], known[num_test : num_test + num_val]
+    train = torch.cat([known[num_test + num_val :], unknown[_shuffled(len(unknown), cfg.seed)]])
+    return train[: cfg.num_train], val, test
+
+
+def fit_size(images: Tensor, size: int, chunk: int = 1024) -> Tensor:
+    """Resize uint8 images (shorter side to ``size``, antialiased) and centre-crop to a square."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return torch.cat([TF.center_crop(TF.resize(images[i : i + chunk], size, antialias=True),
+                                     [size, size]) for i in range(0, len(images), chunk)])
+
+
+def _take(part: ArraySplit, index: Tensor, size: int) -> Split:
+    return Split(fit_size(part.images[index], size), part.labels[index])
+
+
+def _folder_dataset(cfg, bank_size: int, progress: bool) -> Dataset:
+    """A class-folder tree, decoded into memory, or streamed when it is too large (see module)."""
+    layout = list_image_folder(cfg.path, cfg.class_list)
+    if layout.empty_classes:
+        shown = ", ".join(str(p) for p in layout.empty_classes[:10])
+        raise DataError(f"data.path: {len(layout.empty_classes)} class folders hold no images: "
+                        f"{shown}; remove them or leave them out with data.class_list")
+    warn_skipped(layout.skipped)
+    pool = layout.splits["train"]
+    train_index, val_index, test_index = _carve(pool.labels, cfg, "test" not in layout.splits)
+    if "test" in layout.splits:
+        test = layout.splits["test"]
+        if len(test) == 0:
+            raise DataError(f"data.path: the test folder of {layout.root} holds no images")
+        test = test.subset(_shuffled(len(test), cfg.seed + 1)[: cfg.num_test])
+    else:
+        test = pool.subset(test_index)
+    files = {"train": pool.subset(train_index), "val": pool.subset(val_index), "test": test}
+    size = cfg.image_size
+    stream = cfg.loader == "stream" or (
+        cfg.loader == "auto" and len(files["train"]) * 3 * size**2 > cfg.memory_limit_mb * 2**20)
+    decoded, bad = {}, []
+    for name, split_files in files.items():
+        keep = min(bank_size, len(split_files)) if stream and name == "train" else len(split_files)
+        images, records = inspect_files(split_files.paths, size, keep=keep, workers=cfg.workers,
+                                        progress=progress, desc=f"checking {name} images")
+        failed = torch.tensor([bool(r.error) for r in records], dtype=torch.bool)
+        bad += [(p, r.error) for p, r in zip(split_files.paths, records, strict=True) if r.error]
+        good = (~failed).nonzero().squeeze(1)
+        files[name] = split_files.subset(good)
+        decoded[name] = images[good[good < keep]]
+    report_bad_files(bad, cfg.bad_files)
+    splits = [Split(decoded[name], files[name].labels[: len(decoded[name])])
+              for name in ("train", "val", "test")]
+    if any(len(split) == 0 for split in splits):
+        raise DataError(f"data.path: no decodable images left in a split of {layout.root}")
+    return Dataset(*splits, num_classes=len(layout.class_names),
+                   class_names=layout.class_names, mean=cfg.mean, std=cfg.std,
+                   train_files=files["train"] if stream else None)
+
+
+def knn_bank(split: Split, size: int) -> Split:
+    """The first ``size`` labelled images of a split (STL-10 mixes in unlabelled ones)."""
+    if split.labels is None or bool((split.labels[:size] != UNLABELED).all()):
+        return split.subset(slice(0, size))
+    return split.subset((split.labels != UNLABELED).nonzero().squeeze(1)[:size])
+
+
+def training_batches(dataset: Dataset, train_split: Split, batch_size: int,
+                     workers: int | None = None) -> InMemoryBatches | StreamingBatches:
+    """The training loop's batch source: the in-memory split, or the streamed files."""
+    if dataset.train_files is None:
+        return InMemoryBatches(train_split, batch_size)
+    return StreamingBatches(dataset.train_files, batch_size, train_split.images.shape[-1],
+                            train_split.images.device, workers)
+
+
+class InMemoryBatches:
+    """Shuffled mini-batches of an in-memory split; the order comes from the epoch's generator.
+
+    The training loop only needs ``len()`` (steps per epoch) and ``epoch(generator)``, so a
+    streaming source for datasets too large for memory can stand in for this class.
+    """
+
+    def __init__(self, split: Split, batch_size: int) -> None:
+        self.split = split
+        self.batch_size = min(batch_size, len(split))
+        self.steps = len(split) // self.batch_size
+        if len(split) % self.batch_size >= 2:  # a last batch of one sample cannot be normalised
+            self.steps += 1
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor | None]]:
+        order = torch.randperm(len(self.split), generator=generator).to(self.split.images.device)
+        for i in range(self.steps):
+            index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            labels = None if self.split.labels is None else self.split.labels[index]
+            yield self.split.images[index], labels
+
+
+def to_device(split: Split, device: torch.device) -> Split:
+    move = (lambda t: None if t is None else t.to(device))
+    return Split(split.images.to(device), move(split.labels), move(split.instances))

@@ -1,0 +1,83 @@
+"""Training batches decoded from image files in DataLoader worker processes.
+
+For class-folder datasets too large to hold in memory as uint8 (see ``DataConfig.loader``).
+Workers only decode and resize to the load size (``data.image_size``); the random two-view
+augmentation is finished on the training device by :class:`adios.data.augment.TwoViewAugment`,
+exactly as for in-memory datasets. The batch order is drawn from the epoch's generator the same
+way :class:`adios.data.datasets.InMemoryBatches` draws it and decoding is deterministic, so a
+streamed epoch yields the very batches the in-memory source would yield for the same generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from adios.data.readers import ImageFiles, default_workers, load_image
+
+
+class _DecodeFiles(torch.utils.data.Dataset):
+    def __init__(self, files: ImageFiles, size: int) -> None:
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return load_image(self.files.paths[index], self.size), self.files.labels[index]
+
+
+def _stack(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    images, labels = zip(*items, strict=True)
+    return torch.stack(images), torch.stack(labels)
+
+
+class StreamingBatches:
+    """Shuffled uint8 batches of image files, decoded ahead of the training step.
+
+    Same interface as ``InMemoryBatches``: ``len()`` is the number of steps per epoch and
+    ``epoch(generator)`` yields ``(uint8 images (B, 3, S, S) on device, int64 labels)``.
+    """
+
+    def __init__(
+        self,
+        files: ImageFiles,
+        batch_size: int,
+        image_size: int,
+        device: torch.device,
+        workers: int | None = None,
+        prefetch: int = 4,
+    ) -> None:
+        self.files, self.image_size, self.device = files, image_size, torch.device(device)
+        self.workers = default_workers() if workers is None else workers
+        self.prefetch = prefetch
+        self.batch_size = min(batch_size, len(files))
+        self.steps = len(files) // self.batch_size
+        if len(files) % self.batch_size >= 2:  # a last batch of one sample cannot be normalised
+            self.steps += 1
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def epoch(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        order = torch.randperm(len(self.files), generator=generator)
+        batches = [
+            order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+            for i in range(self.steps)
+        ]
+        loader = DataLoader(
+            _DecodeFiles(self.files, self.image_size),
+            batch_sampler=batches,
+            num_workers=self.workers,
+            collate_fn=_stack,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=self.prefetch if self.workers else None,
+        )
+        for images, labels in loader:
+            yield (
+                images.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True),
+            )

@@ -1,0 +1,197 @@
+"""Pictures of evaluation results: confusion matrices, mask-size distributions, training curves.
+
+Each function draws onto a matplotlib Axes (so the report can compose panels) and has a twin
+that saves a standalone PNG. The Agg canvas of ``matplotlib.figure.Figure`` is used directly:
+no pyplot state, no display needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from adios.viz import mask_colours
+
+SOURCE_COLOURS = {"trained": "#1f77b4", "untrained": "#ff7f0e", "random_blobs": "#7f7f7f"}
+_MAX_ANNOTATED_CLASSES = 20
+_MAX_LABELLED_CLASSES = 40
+
+
+def save(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    return path
+
+
+def draw_confusion(
+    ax: Axes, confusion: Sequence[Sequence[int]], class_names: Sequence[str], title: str = ""
+) -> None:
+    """Row-normalised confusion matrix (true class down, predicted across); counts annotated."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    if n <= _MAX_LABELLED_CLASSES:
+        ax.set_xticks(range(n), class_names, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+    if n <= _MAX_ANNOTATED_CLASSES:
+        for (i, j), value in np.ndenumerate(counts):
+            if value:
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if rows[i, j] > 0.55 else "black",
+                )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def confusion_figure(
+    confusion: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    side = min(12.0, 2.5 + 0.45 * len(class_names))
+    figure = Figure(figsize=(side, side))
+    draw_confusion(figure.add_subplot(), confusion, class_names, title)
+    return save(figure, path)
+
+
+def draw_size_histograms(ax: Axes, histograms: dict[str, Sequence[int]], title: str = "") -> None:
+    """Step histograms over [0, 1] of per-image mask sizes, one line per mask source."""
+    for name, counts in histograms.items():
+        counts = np.asarray(counts, dtype=np.float64)
+        edges = np.linspace(0, 1, len(counts) + 1)
+        ax.stairs(
+            counts / max(counts.sum(), 1),
+            edges,
+            label=name.replace("_", " "),
+            color=SOURCE_COLOURS.get(name),
+            linewidth=1.8,
+        )
+    ax.set_xlabel("fraction of the image one mask covers")
+    ax.set_ylabel("share of (image, mask) pairs")
+    ax.legend(fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def size_histogram_figure(
+    histograms: dict[str, Sequence[int]], path: str | Path, title: str = ""
+) -> Path:
+    figure = Figure(figsize=(5.5, 3.4))
+    draw_size_histograms(figure.add_subplot(), histograms, title)
+    return save(figure, path)
+
+
+# ----------------------------------------------------------------------------- training curves
+
+
+def _series(rows: list[dict[str, Any]], key: str, x_key: str = "epoch_float") -> tuple:
+    points = [(r[x_key], r[key]) for r in rows if isinstance(r.get(key), int | float)]
+    points = [(x, y) for x, y in points if math.isfinite(y)]
+    return tuple(np.asarray(v) for v in zip(*points, strict=True)) if points else ((), ())
+
+
+def with_epoch_float(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``epoch_float`` = step / steps per epoch, so step rows and epoch rows share an axis."""
+    steps_per_epoch = max(
+        (r["step"] / r["epoch"] for r in rows if r.get("epoch") and "elapsed_s" in r), default=None
+    )
+    out = []
+    for row in rows:
+        row = dict(row)
+        if steps_per_epoch and "step" in row:
+            row["epoch_float"] = row["step"] / steps_per_epoch
+        else:
+            row["epoch_float"] = row.get("epoch", 0)
+        out.append(row)
+    return out
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(y) < 2 * window:
+        return y
+    kernel = np.ones(window) / window
+    padded = np.concatenate(
+        [np.full(window // 2, y[0]), y, np.full(window - window // 2 - 1, y[-1])]
+    )
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def curve_panels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The panels a run's metrics support: title, and (label, key) lines to draw."""
+    keys = {k for r in rows for k in r}
+    candidates = [
+        ("SSL loss", [("encoder loss", "loss"), ("masker's loss", "adv_loss")]),
+        ("kNN top-1 (val, training monitor)", [("kNN", "knn_acc"), ("online probe", "probe_acc")]),
+        ("mask sizes", [("mask_sizes", "mask_sizes")]),
+        ("sparsity penalty", [("penalty", "penalty")]),
+        ("learning rate", [("encoder lr", "lr")]),
+        ("throughput (img/s)", [("images/s", "images_per_s")]),
+    ]
+    return [
+        {"title": t, "lines": [(label, k) for label, k in lines if k in keys]}
+        for t, lines in candidates
+        if any(k in keys for _, k in lines)
+    ]
+
+
+def draw_curves(ax: Axes, rows: list[dict[str, Any]], panel: dict[str, Any]) -> None:
+    for label, key in panel["lines"]:
+        if key == "mask_sizes":
+            points = [(r["epoch_float"], r[key]) for r in rows if isinstance(r.get(key), list)]
+            if not points:
+                continue
+            x = np.asarray([p[0] for p in points])
+            sizes = np.asarray([p[1] for p in points])
+            colours = mask_colours(sizes.shape[1]).numpy()
+            for n in range(sizes.shape[1]):
+                ax.plot(
+                    x,
+                    _smooth(sizes[:, n], 5),
+                    color=colours[n],
+                    label=f"mask {n + 1}",
+                    linewidth=1.5,
+                )
+            ax.set_ylim(0, max(0.6, float(sizes.max()) * 1.05))
+            continue
+        x, y = _series(rows, key)
+        if not len(x):
+            continue
+        marker = "o" if len(x) <= 30 else None
+        smoothed = _smooth(y, 5) if len(x) > 30 else y
+        ax.plot(x, smoothed, label=label, marker=marker, markersize=3, linewidth=1.5)
+    ax.set_title(panel["title"], fontsize=10)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    if len(ax.get_lines()) > 1:
+        ax.legend(fontsize=7, frameon=False)
+
+
+def curves_figure(rows: list[dict[str, Any]], columns: int = 3) -> Figure | None:
+    """All :func:`curve_panels` of a run's metrics rows; None when there is nothing to draw."""
+    rows = with_epoch_float(rows)
+    panels = curve_panels(rows)
+    if not panels:
+        return None
+    n_rows = math.ceil(len(panels) / columns)
+    figure = Figure(figsize=(4.2 * columns, 3.0 * n_rows), layout="constrained")
+    for i, panel in enumerate(panels):
+        draw_curves(figure.add_subplot(n_rows, columns, i + 1), rows, panel)
+    return figure

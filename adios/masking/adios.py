@@ -1,0 +1,146 @@
+"""The ADIOS game: the encoder matches masked views to unmasked ones, the masker hides what it needs.
+
+Both players' losses are built by :func:`siamese_loss`; the training loop only decides which
+parameters each one moves. Two schedules compute the same numbers:
+
+* ``reference``: the straightforward one, one encoder pass per mask, the unmasked view
+  recomputed for every mask (as the paper's code does);
+* ``fast``: the unmasked view encoded once, the N masked copies encoded in one batched pass whose
+  batch norms keep per-copy statistics (``batch_groups``), so parameter updates are identical.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from adios.models.norm import batch_groups, frozen_bn_stats
+from adios.objectives.base import SiameseObjective
+
+Mode = Literal["adios", "adios-s", "none"]
+Schedule = Literal["fast", "reference"]
+
+PENALTY_EPS = 0.01
+
+
+def sparsity_penalty(sizes: Tensor, eps: float = PENALTY_EPS) -> Tensor:
+    """``1 / sin(pi * s)``, continued along its tangent outside ``[eps, 1 - eps]``.
+
+    The paper's penalty is infinite when a mask empties or fills the image. The tangent
+    continuation keeps the value finite and the gradient pointing back inside, so a collapsed
+    mask is pushed back instead of producing NaN (the reference code's ``+1e-10`` trap).
+    """
+    inside = sizes.clamp(eps, 1.0 - eps)
+    sin, cos = torch.sin(math.pi * inside), torch.cos(math.pi * inside)
+    slope = -math.pi * cos / sin**2
+    return 1.0 / sin + slope.detach() * (sizes - inside)
+
+
+def mask_sizes(masks: Tensor) -> Tensor:
+    """Fraction of each image covered by each mask: (B, N, H, W) -> (B, N)."""
+    return masks.mean(dim=(2, 3))
+
+
+def penalty_term(masks: Tensor) -> Tensor:
+    """Sum over masks of the batch-mean penalty, the quantity the masker pays for."""
+    return sparsity_penalty(mask_sizes(masks)).mean(dim=0).sum()
+
+
+def masked_copies(x: Tensor, masks: Tensor) -> Tensor:
+    """``x * (1 - m_n)`` for every mask, stacked mask-major: (N * B, C, H, W)."""
+    n_masks = masks.shape[1]
+    keep = 1.0 - masks.transpose(0, 1).unsqueeze(2)  # (N, B, 1, H, W)
+    return (x.unsqueeze(0) * keep).reshape(n_masks * x.shape[0], *x.shape[1:])
+
+
+def one_mask_per_sample(x: Tensor, masks: Tensor, index: Tensor) -> Tensor:
+    """ADIOS-s: sample i is occluded by its own mask ``index[i]``; any batch size works."""
+    chosen = masks[torch.arange(x.shape[0], device=x.device), index]
+    return x * (1.0 - chosen.unsqueeze(1))
+
+
+def _rows(out: dict[str, Tensor], start: int, size: int) -> dict[str, Tensor]:
+    return {key: value[start : start + size] for key, value in out.items()}
+
+
+def _encode(objective: SiameseObjective, views: Tensor, groups: int) -> dict[str, Tensor]:
+    if groups == 1:
+        return objective.forward_views(views)
+    with batch_groups(objective, groups):
+        return objective.forward_views(views)
+
+
+def _occluded(x: Tensor, masks: Tensor | None, mode: Mode, index: Tensor | None) -> tuple[Tensor, int]:
+    if masks is None or mode == "none":
+        return x, 1
+    if mode == "adios-s":
+        return one_mask_per_sample(x, masks, index), 1
+    return masked_copies(x, masks), masks.shape[1]
+
+
+def siamese_loss(
+    objective: SiameseObjective,
+    a: Tensor,
+    b: Tensor,
+    masks_b: Tensor | None,
+    mode: Mode,
+    *,
+    masks_a: Tensor | None = None,
+    index_b: Tensor | None = None,
+    index_a: Tensor | None = None,
+    schedule: Schedule = "fast",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Objective summed over masks, and the encoder outputs of view ``a`` (for the probe).
+
+    ``masks_b`` occludes view ``b``; ``masks_a`` (objectives that mask both views) occludes
+    ``a`` with its own masks. Full ADIOS sums the pair loss over the N masked copies; ADIOS-s
+    and ``none`` have a single term.
+    """
+    if schedule == "reference" and mode == "adios":
+        return _reference_loss(objective, a, b, masks_b, masks_a)
+    batch = a.shape[0]
+    views_a, groups_a = _occluded(a, masks_a, mode, index_a)
+    views_b, groups_b = _occluded(b, masks_b, mode, index_b)
+    out_a = _encode(objective, views_a, groups_a)
+    out_b = _encode(objective, views_b, groups_b)
+    loss = a.new_zeros(())
+    for n in range(groups_b):
+        pair_a = _rows(out_a, n * batch, batch) if groups_a > 1 else out_a
+        loss = loss + objective.pair_loss(pair_a, _rows(out_b, n * batch, batch))
+    return loss, _rows(out_a, 0, batch)
+
+
+def _reference_loss(
+    objective: SiameseObjective, a: Tensor, b: Tensor, masks_b: Tensor, masks_a: Tensor | None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One pass per mask, the unmasked view recomputed each time: the plain schedule."""
+    loss = a.new_zeros(())
+    first_a = None
+    for n in range(masks_b.shape[1]):
+        view_a = a if masks_a is None else a * (1.0 - masks_a[:, n : n + 1])
+        out_a = objective.forward_views(view_a)
+        out_b = objective.forward_views(b * (1.0 - masks_b[:, n : n + 1]))
+        loss = loss + objective.pair_loss(out_a, out_b)
+        first_a = out_a if first_a is None else first_a
+    return loss, first_a
+
+
+@contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """The masker's turn: no gradient into, and no statistic update of, the given modules."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    with ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(frozen_bn_stats(module))
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)

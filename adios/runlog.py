@@ -1,0 +1,46 @@
+"""Metrics to a JSONL file (for scripts and reports) and to TensorBoard (for looking)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.jsonl"
+
+
+class MetricsLog:
+    """Append-only metrics; on resume, rows logged after the checkpoint are dropped first."""
+
+    def __init__(self, run_dir: Path, resume_step: int = 0) -> None:
+        self.path = run_dir / METRICS
+        if resume_step and self.path.exists():
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line]
+            kept = [r for r in rows if r.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        self.file = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step or None)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        step = row.get("step", 0)
+        for key, value in row.items():
+            if key in ("step", "epoch"):
+                continue
+            if isinstance(value, list):
+                for i, v in enumerate(value):
+                    self.writer.add_scalar(f"{key}/{i}", v, step)
+            elif isinstance(value, int | float):
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -1,0 +1,145 @@
+"""Mask pictures: each image, its masks colour-coded, and the view each mask leaves visible.
+
+The grid is assembled as one pixel array and drawn once, so a figure of 8 images with 6 masks
+takes a fraction of a second, and small images stay crisp (nearest-neighbour upscaling, drawn
+pixel for pixel).
+"""
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor
+
+_MIN_TILE_PX = 96  # smaller images are upscaled by an integer factor to at least this size
+_PAD_PX = 5  # white space around each tile
+_FRAME_PX = 3  # coloured frame around each masked view, drawn inside the padding
+_HEADER_PX = 24  # column titles
+_TITLE_PX = 26  # optional figure title
+_DPI = 100
+
+
+def mask_colours(n: int) -> Tensor:
+    """(n, 3) distinct RGB colours in [0, 1]; mask n is drawn in colour n in every picture."""
+    if n <= 10:
+        colours = matplotlib.colormaps["tab10"].colors[:n]
+    elif n <= 20:
+        colours = matplotlib.colormaps["tab20"].colors[:n]
+    else:
+        colours = matplotlib.colormaps["hsv"](np.arange(n) / n)
+    return torch.from_numpy(np.asarray(colours, dtype=np.float32).reshape(n, -1)[:, :3].copy())
+
+
+def colour_code(masks: Tensor) -> Tensor:
+    """(B, 3, H, W) picture of soft masks (B, N, H, W): each pixel mixes the mask colours by weight.
+
+    Where one mask is 1 the pixel has exactly that mask's colour.
+    """
+    colours = mask_colours(masks.shape[1]).to(device=masks.device, dtype=masks.dtype)
+    return torch.einsum("bnhw,nc->bchw", masks, colours)
+
+
+def _as_float_images(images: Tensor) -> Tensor:
+    """uint8 (0-255) or float ([0, 1]) images, grey or RGB, as float RGB in [0, 1] on the CPU."""
+    images = images.detach().cpu()
+    images = images.float() / 255 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def _tile_grid(tiles: Tensor, frames: Tensor, scale: int) -> Tensor:
+    """Lay out tiles (R, C, 3, H, W) as one (height, width, 3) array with padding and frames.
+
+    ``frames`` (C, 3) is each column's frame colour (white for no visible frame).
+    """
+    rows, cols, _, height, width = tiles.shape
+    tiles = F.interpolate(tiles.flatten(0, 1), scale_factor=scale, mode="nearest")
+    tiles = tiles.unflatten(0, (rows, cols))
+    height, width = height * scale, width * scale
+    cells = torch.ones(rows, cols, 3, height + 2 * _PAD_PX, width + 2 * _PAD_PX)
+    inset = _PAD_PX - _FRAME_PX
+    cells[..., inset:-inset, inset:-inset] = frames[None, :, :, None, None]
+    cells[..., _PAD_PX:-_PAD_PX, _PAD_PX:-_PAD_PX] = tiles
+    return cells.permute(0, 3, 1, 4, 2).reshape(rows * cells.shape[-2], cols * cells.shape[-1], 3)
+
+
+def _atomic_savefig(figure: Figure, path: Path) -> None:
+    """Write the PNG next to its destination and rename it, so readers never see half a file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(handle)
+    try:
+        figure.savefig(temporary, format="png", dpi=_DPI)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def mask_figure(
+    images: Tensor,
+    masks: Tensor,
+    path: str | Path,
+    max_images: int = 8,
+    title: str | None = None,
+) -> Path:
+    """Save a PNG grid: one row per image; columns image, colour-coded masks, image * (1 - m_n).
+
+    ``images`` are (B, 3, H, W) uint8 in 0-255 or float in [0, 1]; ``masks`` are soft masks
+    (B, N, H', W'), resized bilinearly to the images if needed. The masks column blends the mask
+    colours over a faded grey copy of the image; each masked view is framed and titled in its
+    mask's colour.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = _as_float_images(images[:max_images])
+    masks = masks[:max_images].detach().cpu().float()
+    if masks.shape[-2:] != images.shape[-2:]:
+        masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    n_masks = masks.shape[1]
+    colours = mask_colours(n_masks)
+
+    grey = images.mean(dim=1, keepdim=True).expand_as(images)
+    coded = 0.75 * colour_code(masks) + 0.25 * grey
+    views = images.unsqueeze(1) * (1 - masks.unsqueeze(2))
+    tiles = torch.cat([images.unsqueeze(1), coded.unsqueeze(1), views], dim=1)
+    frames = torch.cat([torch.ones(2, 3), colours])
+    scale = math.ceil(_MIN_TILE_PX / min(images.shape[-2:]))
+    grid = _tile_grid(tiles, frames, scale).numpy()
+
+    top = _HEADER_PX + (_TITLE_PX if title else 0)
+    height, width = grid.shape[0] + top, grid.shape[1]
+    figure = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    axes = figure.add_axes((0, 0, 1, grid.shape[0] / height))
+    axes.imshow(grid, interpolation="nearest")
+    axes.set_axis_off()
+    column_width = width / tiles.shape[1]
+    header_y = 1 - (top - _HEADER_PX / 2) / height
+    for column, label in enumerate(
+        ["image", "masks"] + [f"x·(1−m{n})" for n in range(1, n_masks + 1)]
+    ):
+        style = {"color": "black"}
+        if column >= 2:
+            colour = colours[column - 2]
+            luminance = float(colour @ torch.tensor([0.299, 0.587, 0.114]))
+            style = {
+                "color": "black" if luminance > 0.55 else "white",
+                "bbox": {"facecolor": colour.tolist(), "edgecolor": "none", "pad": 2},
+            }
+        figure.text(
+            (column + 0.5) * column_width / width,
+            header_y,
+            label,
+            ha="center",
+            va="center",
+            fontsize=9,
+            **style,
+        )
+    if title:
+        figure.text(0.5, 1 - _TITLE_PX / 2 / height, title, ha="center", va="center", fontsize=11)
+    _atomic_savefig(figure, path)
+    return path

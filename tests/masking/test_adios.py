@@ -1,0 +1,206 @@
+"""The ADIOS game: the penalty, both players' steps, ADIOS-s, and fast vs reference schedules."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from adios.config import load_config
+from adios.masking.adios import (
+    frozen,
+    masked_copies,
+    one_mask_per_sample,
+    penalty_term,
+    siamese_loss,
+    sparsity_penalty,
+)
+from adios.train import build_models, build_optimizers, train_step
+
+TINY = [
+    "model.width=4", "masker.fbase=8", "masker.n_masks=3", "objective.proj_hidden=32",
+    "objective.proj_out=16", "optim.batch_size=8", "train.device=cpu",
+]
+
+
+def tiny(*overrides: str, objective: str = "simclr"):
+    extra = [] if objective == "simclr" else ["objective.pred_hidden=32"]
+    cfg = load_config([*TINY, f"objective.name={objective}", *extra, *overrides])
+    torch.manual_seed(0)
+    models = build_models(cfg, num_classes=3, device=torch.device("cpu"))
+    return cfg, models
+
+
+def batch(n: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, 3, 32, 32, generator=g)
+    b = a + 0.3 * torch.randn(n, 3, 32, 32, generator=g)
+    return a, b, torch.randint(0, 3, (n,), generator=g)
+
+
+# ----------------------------------------------------------------------------- penalty
+
+
+def test_penalty_equals_inverse_sine_inside():
+    s = torch.linspace(0.02, 0.98, 97, dtype=torch.float64)
+    assert torch.allclose(sparsity_penalty(s), 1 / torch.sin(math.pi * s))
+
+
+@pytest.mark.parametrize("edge", [0.0, 1.0])
+def test_penalty_is_finite_at_the_edges_and_pushes_back_inside(edge):
+    s = torch.tensor([edge], dtype=torch.float64, requires_grad=True)
+    value = sparsity_penalty(s)
+    value.backward()
+    assert torch.isfinite(value).all() and torch.isfinite(s.grad).all()
+    # gradient descent on the penalty moves an empty mask up and a full mask down
+    assert (s.grad.item() < 0) if edge == 0.0 else (s.grad.item() > 0)
+    assert value.item() > 1 / math.sin(math.pi * 0.01) - 1e-6  # at least the value at the clamp
+
+
+def test_penalty_term_is_minimal_for_equal_masks():
+    equal = torch.full((2, 4, 8, 8), 0.25)
+    skewed = torch.cat([torch.full((2, 1, 8, 8), 0.7), torch.full((2, 3, 8, 8), 0.1)], dim=1)
+    assert penalty_term(equal).item() == pytest.approx(4 / math.sin(math.pi / 4))
+    assert penalty_term(skewed) > penalty_term(equal)
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+def test_masked_copies_are_mask_major():
+    x = torch.randn(2, 3, 4, 4)
+    masks = torch.softmax(torch.randn(2, 3, 4, 4), dim=1)
+    copies = masked_copies(x, masks)
+    for n in range(3):
+        for i in range(2):
+            assert torch.allclose(copies[n * 2 + i], x[i] * (1 - masks[i, n]))
+
+
+def test_one_mask_per_sample_uses_each_samples_index():
+    x = torch.randn(5, 3, 4, 4)
+    masks = torch.softmax(torch.randn(5, 3, 4, 4), dim=1)
+    index = torch.tensor([2, 0, 1, 1, 0])
+    out = one_mask_per_sample(x, masks, index)
+    for i in range(5):
+        assert torch.allclose(out[i], x[i] * (1 - masks[i, index[i]]))
+
+
+# ----------------------------------------------------------------------------- the two players
+
+
+def _ssl_loss(cfg, models, a, b, masks, index):
+    with torch.no_grad(), frozen(models.objective):
+        return siamese_loss(models.objective, a, b, masks, cfg.masking.mode, index_b=index)[0].item()
+
+
+@pytest.mark.parametrize("mode", ["adios", "adios-s"])
+def test_encoder_step_lowers_and_masker_step_raises_the_loss(mode):
+    cfg, models = tiny(f"masking.mode={mode}", "optim.name=sgd", "optim.lr=0.05",
+                       "optim.mask_lr=0.5", "masking.alpha_sparsity=0.0")
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    a, b, y = batch()
+    models.objective.train()
+    with torch.no_grad():
+        masks = models.masker(b)
+    # ADIOS-s draws a mask per sample: the step's first draw from its generator
+    drawn = torch.randint(3, (8,), generator=torch.Generator().manual_seed(0))
+    before = _ssl_loss(cfg, models, a, b, masks, drawn)
+    snapshot = copy.deepcopy(models.masker.state_dict())
+    train_step(cfg, models, encoder_opt, None, a, b, y, torch.Generator().manual_seed(0))
+    after_encoder = _ssl_loss(cfg, models, a, b, masks, drawn)
+    assert after_encoder < before  # the encoder minimises
+    models.masker.load_state_dict(snapshot)  # masker untouched by the encoder step anyway
+    frozen_encoder = copy.deepcopy(models.objective.state_dict())
+    losses = []
+    for _ in range(2):
+        with torch.no_grad():
+            masks = models.masker(b)
+        losses.append(_ssl_loss(cfg, models, a, b, masks, torch.zeros(8, dtype=torch.long)))
+        _masker_only_step(cfg, models, masker_opt, a, b)
+    assert losses[1] > losses[0]  # the masker maximises
+    for key, value in models.objective.state_dict().items():
+        assert torch.equal(value, frozen_encoder[key]), key
+
+
+def _masker_only_step(cfg, models, masker_opt, a, b):
+    masks = models.masker(b)
+    with frozen(models.objective):
+        adv, _ = siamese_loss(models.objective, a, b, masks, cfg.masking.mode,
+                              index_b=torch.zeros(b.shape[0], dtype=torch.long))
+    masker_opt.zero_grad()
+    (-(adv - cfg.masking.alpha_sparsity * penalty_term(masks))).backward()
+    masker_opt.step()
+
+
+@pytest.mark.parametrize("objective", ["simclr", "byol", "simsiam"])
+def test_masker_step_leaves_every_encoder_parameter_and_statistic_untouched(objective):
+    cfg, models = tiny(objective=objective)
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    a, b, _ = batch()
+    models.objective.train()
+    before_objective = copy.deepcopy(models.objective.state_dict())
+    before_masker = copy.deepcopy(models.masker.state_dict())
+    _masker_only_step(cfg, models, masker_opt, a, b)
+    after = models.objective.state_dict()
+    for key, value in before_objective.items():  # weights AND batch-norm buffers
+        assert torch.equal(value, after[key]), key
+    assert any(not torch.equal(v, models.masker.state_dict()[k]) for k, v in before_masker.items())
+    assert all(p.requires_grad for p in models.objective.backbone.parameters())
+
+
+def test_full_train_step_changes_encoder_buffers_only_in_encoder_step():
+    """Running statistics move exactly as in the encoder step alone (masker step frozen)."""
+    cfg, models = tiny()
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    a, b, y = batch()
+    models.objective.train()
+    twin = copy.deepcopy(models)
+    twin_opts = build_optimizers(cfg, twin)
+    twin_opts[0].load_state_dict(encoder_opt.state_dict())
+    train_step(cfg, models, encoder_opt, masker_opt, a, b, y, torch.Generator().manual_seed(0))
+    train_step(cfg, twin, twin_opts[0], None, a, b, y, torch.Generator().manual_seed(0))
+    for key, value in twin.objective.state_dict().items():
+        assert torch.equal(value, models.objective.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("size", [7, 5, 3])
+def test_adios_s_works_with_odd_batch_sizes(size):
+    cfg, models = tiny("masking.mode=adios-s")
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    a, b, y = batch(size)
+    models.objective.train()
+    stats = train_step(cfg, models, encoder_opt, masker_opt, a, b, y,
+                       torch.Generator().manual_seed(0))
+    assert math.isfinite(stats["loss"]) and math.isfinite(stats["adv_loss"])
+    assert len(stats["mask_sizes"]) == 3
+
+
+@pytest.mark.parametrize("objective", ["simclr", "byol", "simsiam"])
+@pytest.mark.parametrize("mode", ["adios", "adios-s"])
+def test_fast_schedule_equals_reference_after_three_steps(objective, mode):
+    """Same parameter updates, to float64 round-off: the fast path is the same computation.
+
+    (In float32 the two orders of summation differ by ~1e-7 per step, and this tiny network's
+    training dynamics amplify such differences by orders of magnitude within a few steps, so
+    float64 is what isolates the schedule from the arithmetic.)
+    """
+    results = []
+    for schedule in ("reference", "fast"):
+        cfg, models = tiny(f"masking.mode={mode}", f"masking.schedule={schedule}",
+                           objective=objective)
+        models.objective.double()
+        models.masker.double()
+        models.probe.double()
+        encoder_opt, masker_opt = build_optimizers(cfg, models)
+        models.objective.train()
+        for step in range(3):
+            a, b, y = batch(seed=step)
+            train_step(cfg, models, encoder_opt, masker_opt, a.double(), b.double(), y,
+                       torch.Generator().manual_seed(step))
+            models.objective.after_encoder_step(step, 10)
+        results.append(models)
+    reference, fast = results
+    for part in ("objective", "masker"):
+        ref_params = dict(getattr(reference, part).named_parameters())
+        for name, p in getattr(fast, part).named_parameters():
+            assert torch.allclose(p, ref_params[name], atol=1e-10, rtol=0), f"{part}.{name}"

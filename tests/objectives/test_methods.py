@@ -1,0 +1,165 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from adios.models.norm import BatchNorm2d
+from adios.objectives import BYOL, SimCLR, SimSiam, build_objective
+
+SMALL_HEADS = {
+    "simclr": {"proj_hidden": 16, "proj_out": 8},
+    "byol": {"proj_hidden": 16, "proj_out": 8, "pred_hidden": 12},
+    "simsiam": {"proj_hidden": 16, "proj_out": 8, "pred_hidden": 4},
+}
+PREDICTS = {"simclr": False, "byol": True, "simsiam": True}
+
+
+class TinyConvNet(nn.Module):
+    def __init__(self, out_dim: int = 6):
+        super().__init__()
+        self.out_dim = out_dim
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, out_dim, 3, padding=1, bias=False),
+            BatchNorm2d(out_dim),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def make(name: str, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    return build_objective(name, TinyConvNet(), **{**SMALL_HEADS[name], **kwargs})
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "simsiam"])
+def test_forward_views_keys_and_shapes(name: str) -> None:
+    objective = make(name)
+    out = objective.forward_views(torch.randn(5, 3, 8, 8))
+    expected_keys = {"h", "z"} | ({"p"} if PREDICTS[name] else set())
+    expected_keys |= {"t"} if name == "byol" else set()
+    assert set(out) == expected_keys
+    assert out["h"].shape == (5, 6)
+    for key in expected_keys - {"h"}:
+        assert out[key].shape == (5, 8), key
+    loss = objective.pair_loss(out, objective.forward_views(torch.randn(5, 3, 8, 8)))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in objective.backbone.parameters())
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "simsiam"])
+def test_head_modules_and_backbone_hold_exactly_the_trainable_parameters(name: str) -> None:
+    objective = make(name)
+    listed = {
+        id(p) for m in [objective.backbone, *objective.head_modules()] for p in m.parameters()
+    }
+    trainable = {id(p) for p in objective.parameters() if p.requires_grad}
+    assert listed == trainable
+
+
+def test_build_objective_rejects_unknown_names_and_options() -> None:
+    assert isinstance(make("simclr"), SimCLR)
+    assert isinstance(make("byol"), BYOL)
+    assert isinstance(make("simsiam"), SimSiam)
+    with pytest.raises(TypeError, match="temprature") as info:
+        build_objective("simclr", TinyConvNet(), temprature=0.1, pred_hidden=3)
+    assert "pred_hidden" in str(info.value)
+    with pytest.raises(ValueError, match="mocov3"):
+        build_objective("mocov3", TinyConvNet())
+
+
+def test_masks_both_views_only_for_simsiam() -> None:
+    assert [make(n).masks_both_views for n in ["simclr", "byol", "simsiam"]] == [False, False, True]
+
+
+def test_simclr_prefers_matching_views() -> None:
+    objective = make("simclr", temperature=0.2)
+    images = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    views = objective.forward_views(images)
+    shuffled = {k: v[torch.roll(torch.arange(16), 1)] for k, v in views.items()}
+    assert objective.pair_loss(views, views) < objective.pair_loss(views, shuffled)
+    assert objective.loss.temperature == 0.2
+
+
+def test_byol_target_is_a_frozen_copy_kept_in_the_online_mode() -> None:
+    objective = make("byol")
+    target_params = [
+        *objective.target_backbone.parameters(),
+        *objective.target_projector.parameters(),
+    ]
+    online_params = [*objective.backbone.parameters(), *objective.projector.parameters()]
+    assert not any(p.requires_grad for p in target_params)
+    for target, online in zip(target_params, online_params, strict=True):
+        assert target is not online
+        torch.testing.assert_close(target, online)
+    objective.requires_grad_(False).requires_grad_(True)
+    assert not any(p.requires_grad for p in target_params)
+    objective.eval()
+    assert not objective.target_backbone.training and not objective.target_projector.training
+    objective.train()
+    assert objective.target_backbone.training and objective.target_projector.training
+
+    out = objective.forward_views(torch.randn(4, 3, 8, 8))
+    assert not out["t"].requires_grad
+    # The loss reaches the parameters only through the online predictions.
+    detached = {**out, "p": out["p"].detach()}
+    assert not objective.pair_loss(detached, detached).requires_grad
+
+
+@pytest.mark.parametrize(
+    ("step", "tau"),
+    [(0, 0.99), (5, 1 - 0.01 * (math.cos(math.pi / 2) + 1) / 2), (10, 1.0)],
+)
+def test_byol_ema_moves_target_by_one_minus_tau(step: int, tau: float) -> None:
+    objective = make("byol")
+    with torch.no_grad():
+        for p in [*objective.backbone.parameters(), *objective.projector.parameters()]:
+            p.add_(torch.randn_like(p))
+    online = [
+        p.clone() for p in [*objective.backbone.parameters(), *objective.projector.parameters()]
+    ]
+    before = [
+        p.clone()
+        for p in [*objective.target_backbone.parameters(), *objective.target_projector.parameters()]
+    ]
+    objective.after_encoder_step(step, total_steps=10)
+    after = [*objective.target_backbone.parameters(), *objective.target_projector.parameters()]
+    for old, new, source in zip(before, after, online, strict=True):
+        torch.testing.assert_close(new, tau * old + (1 - tau) * source)
+    assert not any(p.requires_grad for p in after)
+
+
+def test_byol_loss_is_symmetrised_sum() -> None:
+    objective = make("byol")
+    a = objective.forward_views(torch.randn(4, 3, 8, 8))
+    b = objective.forward_views(torch.randn(4, 3, 8, 8))
+    cos = torch.nn.functional.cosine_similarity
+    expected = (2 - 2 * cos(a["p"], b["t"])).mean() + (2 - 2 * cos(b["p"], a["t"])).mean()
+    torch.testing.assert_close(objective.pair_loss(a, b), expected)
+
+
+def test_simsiam_stop_gradient_on_projections() -> None:
+    objective = make("simsiam")
+    a = objective.forward_views(torch.randn(4, 3, 8, 8))
+    b = objective.forward_views(torch.randn(4, 3, 8, 8))
+    loss = objective.pair_loss(a, b)
+    cos = torch.nn.functional.cosine_similarity
+    expected = -0.5 * cos(a["p"], b["z"]).mean() - 0.5 * cos(b["p"], a["z"]).mean()
+    torch.testing.assert_close(loss, expected)
+    # With the predictions cut off nothing is left to differentiate: z only ever acts as a target.
+    a_cut, b_cut = ({**v, "p": v["p"].detach()} for v in (a, b))
+    assert not objective.pair_loss(a_cut, b_cut).requires_grad
+
+
+@pytest.mark.parametrize("name", ["simclr", "simsiam"])
+def test_after_encoder_step_is_a_no_op_without_target(name: str) -> None:
+    objective = make(name)
+    before = {k: v.clone() for k, v in objective.state_dict().items()}
+    objective.after_encoder_step(3, 10)
+    for key, value in objective.state_dict().items():
+        torch.testing.assert_close(value, before[key])

@@ -1,0 +1,59 @@
+"""Presets, dotted overrides and the messages a user gets for a bad key or value."""
+
+import pytest
+
+from adios.config import ConfigError, describe, load_config, preset_names, to_dict
+
+
+def test_default_preset_and_dotted_overrides():
+    cfg = load_config(["optim.lr=0.05", "data.scenes.max_objects=3", "masking.mode=adios-s",
+                       "augment.view_b.solarize_p=0.2", "data.image_size=64"])
+    assert cfg.preset == "shapes-simclr-adios"
+    assert cfg.optim.lr == 0.05 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.scenes.max_objects == 3
+    assert cfg.masking.mode == "adios-s"
+    assert cfg.augment.view_b.solarize_p == 0.2 and cfg.augment.view_a.solarize_p == 0.0
+    assert cfg.data.scenes.image_size == 64  # the scenes follow data.image_size
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_every_shipped_preset_resolves(name):
+    cfg = load_config([f"preset={name}"])
+    assert cfg.preset == name
+    assert load_config([], base=to_dict(cfg)) == cfg  # a saved config reloads to itself
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.lrr=0.1", "optim.lrr: unknown key; allowed keys here: batch_size"),
+        ("optimizer.lr=0.1", "optimizer: unknown key; allowed keys here: augment"),
+        ("optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
+        ("optim.lr=-1", "optim.lr: must be positive"),
+        ("masking.mode=random", "masking.mode: got 'random'; allowed values: 'adios', 'adios-s'"),
+        ("masker.n_masks=1", "masker.n_masks: must be at least 2"),
+        ("masker.n_masks=2.5", "masker.n_masks: expected an integer, got 2.5"),
+        ("train.progress=maybe", "train.progress: expected true or false"),
+        ("augment.view_a.crop_scale=[0.5]", "augment.view_a.crop_scale: expected a list of 2"),
+        ("augment.view_a.jitter_p=1.5", "augment.view_a"),
+        ("data.scenes.max_objects=0", "data.scenes"),
+        ("preset=nope", "preset: unknown preset 'nope'; available: "),
+        ("optim.lr", "'optim.lr': an override is key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_what_is_allowed(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config([override])
+    assert expected in str(err.value)
+
+
+def test_scenes_image_size_conflict_is_rejected():
+    with pytest.raises(ConfigError, match="set data.image_size instead"):
+        load_config(["data.image_size=64", "data.scenes.image_size=48"])
+
+
+def test_describe_lists_every_leaf_key():
+    lines = describe()
+    assert any(line.startswith("optim.lr = 0.") for line in lines)
+    assert any(line.startswith("data.scenes.same_shape_prob = ") for line in lines)
+    assert any("'adios' | 'adios-s' | 'none'" in line for line in lines)

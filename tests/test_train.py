@@ -1,0 +1,95 @@
+"""End to end: the CLI trains, writes everything a run promises, resumes exactly, never clobbers."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adios.cli import main
+from adios.train import CHECKPOINT
+
+TINY = [
+    "data.num_train=48", "data.num_val=16", "data.num_test=24", "model.width=4",
+    "masker.fbase=8", "masker.n_masks=3", "objective.proj_hidden=32", "objective.proj_out=16",
+    "optim.batch_size=16", "optim.warmup_epochs=1", "train.knn_bank=48", "train.progress=false",
+    "train.device=cpu", "train.threads=1",
+]
+
+
+def run(tmp_path, name, *args):
+    return main(["train", f"run_dir={tmp_path / name}", *TINY, *args])
+
+
+def test_cli_run_writes_checkpoint_metrics_pictures_and_summary(tmp_path, capsys):
+    assert run(tmp_path, "r", "train.epochs=2") == 0
+    run_dir = tmp_path / "r"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(run_dir)
+    for name in ("config.yaml", CHECKPOINT, "metrics.jsonl", "summary.json", "masks.png",
+                 "masks/epoch_001.png", "masks/epoch_002.png", "encoder.safetensors",
+                 "masker.safetensors"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tb").iterdir())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("knn_acc", "knn_acc_random_init", "mask_fg_ari", "mask_mbo",
+                "mask_fg_ari_untrained", "mask_mbo_untrained", "mask_fg_ari_random",
+                "mask_mbo_random", "mask_sizes", "wall_s", "seed"):
+        assert key in summary, key
+    assert len(summary["mask_sizes"]) == 3 and summary["seed"] == 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "knn_acc" in r] == [0, 1, 2]
+    assert all("loss" in r and "mask_sizes" in r for r in rows if "lr" in r)
+    # the checkpoint loads without executing code, the encoder exports as safetensors
+    state = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 2
+    encoder = load_file(run_dir / "encoder.safetensors")
+    backbone = {k[len("backbone."):]: v for k, v in state["objective"].items()
+                if k.startswith("backbone.")}
+    assert encoder.keys() == backbone.keys()
+    assert all(torch.equal(encoder[k], backbone[k]) for k in encoder)
+
+
+@pytest.mark.parametrize("mode", ["adios", "adios-s"])
+def test_resumed_run_ends_identical_to_uninterrupted_run(tmp_path, mode):
+    args = ["train.epochs=3", f"masking.mode={mode}", "seed=3"]
+    assert run(tmp_path, "whole", *args) == 0
+    assert run(tmp_path, "split", *args, "--stop-after-epoch", "1") == 0
+    assert not (tmp_path / "split" / "summary.json").exists()
+    assert main(["train", "--resume", str(tmp_path / "split")]) == 0
+    for name in ("encoder.safetensors", "masker.safetensors"):
+        whole, split = load_file(tmp_path / "whole" / name), load_file(tmp_path / "split" / name)
+        assert whole.keys() == split.keys()
+        for key in whole:
+            assert torch.equal(whole[key], split[key]), f"{name}:{key}"
+    whole_ckpt = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=True)
+    split_ckpt = torch.load(tmp_path / "split" / CHECKPOINT, weights_only=True)
+    for key, value in whole_ckpt["encoder_opt"]["state"].items():
+        assert torch.equal(value["momentum_buffer"], split_ckpt["encoder_opt"]["state"][key]
+                           ["momentum_buffer"])
+    steps = [json.loads(line)["step"] for line in
+             (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # nothing logged twice across the interruption
+
+
+def test_existing_run_dir_is_never_overwritten_silently(tmp_path, capsys):
+    assert run(tmp_path, "r", "train.epochs=1") == 0
+    before = (tmp_path / "r" / "encoder.safetensors").read_bytes()
+    assert run(tmp_path, "r", "train.epochs=1", "seed=1") == 2
+    err = capsys.readouterr().err
+    assert "exists and is not empty" in err and "--overwrite" in err
+    assert (tmp_path / "r" / "encoder.safetensors").read_bytes() == before
+    assert run(tmp_path, "r", "train.epochs=1", "seed=1", "--overwrite") == 0
+    assert (tmp_path / "r" / "encoder.safetensors").read_bytes() != before
+
+
+def test_bad_override_is_rejected_before_anything_is_written(tmp_path, capsys):
+    assert run(tmp_path, "r", "optim.lr=abc") == 2
+    assert "optim.lr: expected a number, got 'abc'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_plain_objective_without_masker(tmp_path):
+    assert run(tmp_path, "r", "train.epochs=1", "masking.mode=none") == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert "knn_acc" in summary and "mask_mbo" not in summary
+    assert not (tmp_path / "r" / "masker.safetensors").exists()
