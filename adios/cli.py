@@ -1,10 +1,11 @@
 """Command line: ``adios train``, ``adios config``, ``adios presets``, ``adios data check``,
-``adios bench data``, ``adios eval ...``."""
+``adios bench data``, ``adios bench step``, ``adios eval ...``, ``adios compare``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(args.overrides)
     run_dir = train(cfg, resume=args.resume is not None, overwrite=args.overwrite,
                     stop_after_epoch=args.stop_after_epoch)
-    print(run_dir)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one process reports
+        print(run_dir)
     return 0
 
 
@@ -70,6 +72,19 @@ def _bench_data(args: argparse.Namespace) -> int:
     result = bench_data(load_config(args.overrides), batches=args.batches, steps=args.steps,
                         warmup=args.warmup)
     print(json.dumps(result) if args.json else format_bench(result))
+    return 0
+
+
+def _bench_step(args: argparse.Namespace) -> int:
+    from adios.bench_step import bench_step, format_step_table
+
+    try:
+        n_masks = tuple(int(n) for n in args.masks.split(","))
+    except ValueError:
+        raise ConfigError(f"--masks: expected numbers like 4,6, got {args.masks!r}") from None
+    rows = bench_step(load_config(args.overrides), steps=args.steps, warmup=args.warmup,
+                      repeats=args.repeats, n_masks=n_masks)
+    print(json.dumps(rows) if args.json else format_step_table(rows))
     return 0
 
 
@@ -114,10 +129,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_data_check)
 
-    p = sub.add_parser("bench", help="measure throughput",
-                       description="Benchmarks.").add_subparsers(
+    bench = sub.add_parser("bench", help="measure throughput",
+                           description="Benchmarks.").add_subparsers(
         dest="bench_command", required=True, metavar="WHAT")
-    p = p.add_parser("data", help="augmentation vs training-step images/s for a preset",
+    p = bench.add_parser("step", help="images/s and peak memory of a training step, per "
+                         "masking mode and schedule",
+                         description="Time the full training step (both players, optimisers, "
+                         "probe) on random views of the preset's batch and image size: plain "
+                         "objective, ADIOS-s and full ADIOS per number of masks, under the "
+                         "reference, fast and single-pass schedules. Configurations are "
+                         "measured round-robin and each reports the median of its rounds, so "
+                         "the ratios come from the same run.")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--masks", default="4,6", metavar="N,N",
+                   help="numbers of masks for full ADIOS (default 4,6; ADIOS-s uses the first)")
+    p.add_argument("--steps", type=int, default=1, metavar="N",
+                   help="timed steps per configuration and round (default 1)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="rounds over all configurations; the median is reported (default 3)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N",
+                   help="untimed steps per configuration first, the first measuring peak "
+                   "memory (default 1)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    p.set_defaults(func=_bench_step)
+    p = bench.add_parser("data", help="augmentation vs training-step images/s for a preset",
                      description="Images/s of the data pipeline (batch source + two-view "
                      "augmentation) and of the full training step on the preset's models, "
                      "side by side with their ratio (augmentation / training; above 1 the "
@@ -133,7 +168,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench_data)
 
     _add_eval_parsers(sub)
+
+    p = sub.add_parser("compare", help="masking schemes x objectives x seeds, one table",
+                       description="Run a grid file (presets, masking schemes, objectives, seeds, "
+                       "a budget in epochs or minutes per cell, overrides): every cell is a run "
+                       "directory under the grid's output folder, evaluated with kNN and the "
+                       "fast linear probe (chosen on val, test scored once). Finished cells are "
+                       "skipped and interrupted ones resume, so the same command continues an "
+                       "interrupted grid. Writes results.md, results.csv, cells.csv and "
+                       "results.png. Example grids: grids/ in the repository.")
+    p.add_argument("overrides", nargs="*", metavar="GRID | KEY=VALUE",
+                   help="the grid file, and overrides for every cell (e.g. train.device=cuda)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: the grid's)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="list the cells and their state (done, resume, ...) and stop")
+    mode.add_argument("--table-only", action="store_true",
+                      help="only rewrite the tables and plot from the finished cells")
+    p.set_defaults(func=_compare)
     return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from adios.compare import main as compare_main
+
+    return compare_main(args)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -119,35 +119,61 @@ class ObjectiveConfig:
 
 @dataclass
 class MaskingConfig:
-    mode: Literal["adios", "adios-s", "none"] = "adios"
+    # adios / adios-s: learned masks; the others are fixed schemes without a masker, one
+    # occluding mask per image (adios/masking/schemes.py documents each and its defaults)
+    mode: Literal["adios", "adios-s", "none", "mae", "beit", "rectangles", "oracle"] = "adios"
     alpha_sparsity: float = 1.0
-    schedule: Literal["fast", "reference"] = "fast"
+    # fast: exact, the unmasked view encoded once and the N masked copies in one batched pass;
+    # reference: the straightforward schedule (same updates, for tests and benchmarks);
+    # single-pass: both players step on one forward/backward (gradient reversal; README)
+    schedule: Literal["fast", "reference", "single-pass"] = "fast"
+    ratio: float | None = None  # fraction hidden; null: mae 0.75, beit 0.30, rectangles 0.25
+    patch_size: int | None = None  # mae, px; null: image_size / 6 (16 px at 96 px)
+    min_block_area: int | None = None  # beit, px; null: 64 px at 96 px, scaled by area
+    block_aspect: tuple[float, float] = (0.3, 3.3)  # beit blocks and rectangles
+    oracle_margin: int = 0  # oracle, px: > 0 dilates the object mask, < 0 erodes it
+    oracle_box: bool = False  # oracle: hide the object's bounding box
+    oracle_shuffle: bool = False  # oracle: each image gets another image's mask
 
     def __post_init__(self) -> None:
         _check(self.alpha_sparsity >= 0, "alpha_sparsity", "must be >= 0")
+        _check(self.ratio is None or 0 < self.ratio < 1, "ratio", "must be in (0, 1)")
+        _check(self.patch_size is None or self.patch_size >= 1, "patch_size", "must be >= 1")
+        _check(self.min_block_area is None or self.min_block_area >= 1, "min_block_area",
+               "must be >= 1")
+        _check(0 < self.block_aspect[0] <= self.block_aspect[1], "block_aspect",
+               "need 0 < min <= max")
 
 
 @dataclass
 class OptimConfig:
     name: Literal["lars", "sgd", "adamw"] = "lars"
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: split evenly over the processes of a torchrun run
     lr: float = 0.3
     weight_decay: float = 1e-4
     momentum: float = 0.9
     eta: float = 0.02
     warmup_epochs: float = 10.0
+    mask_warmup_epochs: float | None = None  # None: same as warmup_epochs
     final_lr_fraction: float = 0.0
     mask_name: Literal["lars", "sgd", "adamw"] | None = None  # None: same as `name`
     mask_lr: float = 0.3
     mask_weight_decay: float = 0.0
     probe_lr: float = 0.1
+    # linear: every learning rate above is per lr_reference_batch images and is multiplied by
+    # batch_size / lr_reference_batch (the reference code's rule); none: used as given
+    lr_scaling: Literal["none", "linear"] = "none"
+    lr_reference_batch: int = 256
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 2, "batch_size", "must be at least 2")
+        _check(self.lr_reference_batch >= 1, "lr_reference_batch", "must be at least 1")
         for key in ("lr", "mask_lr", "probe_lr"):
             _check(getattr(self, key) > 0, key, "must be positive")
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        _check(self.mask_warmup_epochs is None or self.mask_warmup_epochs >= 0,
+               "mask_warmup_epochs", "must be >= 0")
         _check(0 <= self.final_lr_fraction <= 1, "final_lr_fraction", "must be in [0, 1]")
 
 
@@ -164,6 +190,10 @@ class TrainConfig:
     knn_bank: int = 4096  # training images used as the kNN memory bank (at most the split size)
     eval_batch_size: int = 256
     progress: bool = True
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 (loss scaling): CUDA only
+    channels_last: bool = False  # NHWC memory layout for the backbone, the masker and the views
+    compile: bool = False  # torch.compile the backbone (slow to start; pays off on long runs)
+    sync_bn: bool = False  # torchrun: batch-norm statistics over all processes' batches
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", "must be at least 1")
@@ -189,6 +219,13 @@ class Config:
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, "seed", "must be >= 0")
+        _check(self.masking.mode != "oracle" or self.data.name == "shapes", "masking.mode",
+               "oracle needs ground-truth object masks, which only data.name=shapes has")
+        size = self.data.image_size
+        _check(self.masking.patch_size is None or self.masking.patch_size <= size,
+               "masking.patch_size", "must be at most data.image_size")
+        _check(self.masking.min_block_area is None or self.masking.min_block_area <= size**2,
+               "masking.min_block_area", "must be at most data.image_size squared")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -206,7 +243,8 @@ def preset_names() -> list[str]:
 
 def read_preset(name: str) -> dict[str, Any]:
     if name not in preset_names():
-        raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(preset_names())}")
+        available = ", ".join(preset_names())
+        raise ConfigError(f"preset: unknown preset {name!r}; available: {available}")
     text = (resources.files("adios") / "presets" / f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
 
@@ -311,7 +349,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        pairs = enumerate(zip(args, value, strict=True))
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in pairs)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")

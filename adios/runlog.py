@@ -44,3 +44,13 @@ class MetricsLog:
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+class NullLog:
+    """The log of a process that does not write (all but process 0 under torchrun)."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

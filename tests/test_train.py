@@ -93,3 +93,20 @@ def test_plain_objective_without_masker(tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert "knn_acc" in summary and "mask_mbo" not in summary
     assert not (tmp_path / "r" / "masker.safetensors").exists()
+
+
+@pytest.mark.parametrize("scaling, factor", [("none", 1.0), ("linear", 64 / 256)])
+def test_lr_scaling_multiplies_every_rate_by_global_batch_over_reference(scaling, factor):
+    from adios.config import load_config
+    from adios.train import build_models, build_optimizers
+
+    cfg = load_config(["model.width=4", "masker.fbase=8", "optim.batch_size=64",
+                       "optim.lr=0.4", "optim.mask_lr=0.02", "optim.probe_lr=0.1",
+                       f"optim.lr_scaling={scaling}", "optim.lr_reference_batch=256"])
+    models = build_models(cfg, num_classes=3, device=torch.device("cpu"))
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    probe_params = set(models.probe.parameters())
+    for group in encoder_opt.param_groups:
+        expected = (0.1 if probe_params & set(group["params"]) else 0.4) * factor
+        assert group["lr"] == pytest.approx(expected) and group["base_lr"] == group["lr"]
+    assert all(g["lr"] == pytest.approx(0.02 * factor) for g in masker_opt.param_groups)

@@ -50,8 +50,8 @@ class Split:
         return self.images.shape[0]
 
     def subset(self, index: Tensor | slice) -> Split:
-        pick = (lambda t: None if t is None else t[index])
-        return Split(self.images[index], pick(self.labels), pick(self.instances))
+        return Split(self.images[index], *(None if t is None else t[index]
+                                           for t in (self.labels, self.instances)))
 
 
 @dataclass
@@ -193,10 +193,17 @@ def knn_bank(split: Split, size: int) -> Split:
 
 
 def training_batches(dataset: Dataset, train_split: Split, batch_size: int,
-                     workers: int | None = None) -> InMemoryBatches | StreamingBatches:
-    """The training loop's batch source: the in-memory split, or the streamed files."""
+                     workers: int | None = None,
+                     instances: bool = False) -> InMemoryBatches | StreamingBatches:
+    """The training loop's batch source: the in-memory split, or the streamed files.
+
+    ``instances``: batches also carry the instance maps (the oracle masking scheme needs them).
+    """
+    if instances and (dataset.train_files is not None or train_split.instances is None):
+        raise DataError("this dataset has no instance maps (ground-truth object masks); "
+                        "the built-in scenes (data.name=shapes) do")
     if dataset.train_files is None:
-        return InMemoryBatches(train_split, batch_size)
+        return InMemoryBatches(train_split, batch_size, instances)
     return StreamingBatches(dataset.train_files, batch_size, train_split.images.shape[-1],
                             train_split.images.device, workers)
 
@@ -205,11 +212,13 @@ class InMemoryBatches:
     """Shuffled mini-batches of an in-memory split; the order comes from the epoch's generator.
 
     The training loop only needs ``len()`` (steps per epoch) and ``epoch(generator)``, so a
-    streaming source for datasets too large for memory can stand in for this class.
+    streaming source for datasets too large for memory can stand in for this class. With
+    ``instances`` a batch is (images, labels, instance maps).
     """
 
-    def __init__(self, split: Split, batch_size: int) -> None:
+    def __init__(self, split: Split, batch_size: int, instances: bool = False) -> None:
         self.split = split
+        self.instances = instances
         self.batch_size = min(batch_size, len(split))
         self.steps = len(split) // self.batch_size
         if len(split) % self.batch_size >= 2:  # a last batch of one sample cannot be normalised
@@ -218,14 +227,17 @@ class InMemoryBatches:
     def __len__(self) -> int:
         return self.steps
 
-    def epoch(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor | None]]:
+    def epoch(self, generator: torch.Generator) -> Iterator[tuple[Tensor | None, ...]]:
         order = torch.randperm(len(self.split), generator=generator).to(self.split.images.device)
         for i in range(self.steps):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             labels = None if self.split.labels is None else self.split.labels[index]
-            yield self.split.images[index], labels
+            if self.instances:
+                yield self.split.images[index], labels, self.split.instances[index]
+            else:
+                yield self.split.images[index], labels
 
 
 def to_device(split: Split, device: torch.device) -> Split:
-    move = (lambda t: None if t is None else t.to(device))
-    return Split(split.images.to(device), move(split.labels), move(split.instances))
+    return Split(split.images.to(device), *(None if t is None else t.to(device)
+                                            for t in (split.labels, split.instances)))

@@ -1,4 +1,4 @@
-"""The ADIOS game: the encoder matches masked views to unmasked ones, the masker hides what it needs.
+"""The ADIOS game: the encoder matches masked views to unmasked ones; the masker hides what matters.
 
 Both players' losses are built by :func:`siamese_loss`; the training loop only decides which
 parameters each one moves. Two schedules compute the same numbers:
@@ -7,14 +7,18 @@ parameters each one moves. Two schedules compute the same numbers:
   recomputed for every mask (as the paper's code does);
 * ``fast``: the unmasked view encoded once, the N masked copies encoded in one batched pass whose
   batch norms keep per-copy statistics (``batch_groups``), so parameter updates are identical.
+
+A third, ``single-pass`` (see :func:`adios.train.train_step`), is a different game: both players
+step on one forward and one backward, the masker's gradient arriving through
+:func:`reverse_gradient` on the masks.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +28,7 @@ from adios.objectives.base import SiameseObjective
 
 Mode = Literal["adios", "adios-s", "none"]
 Schedule = Literal["fast", "reference"]
+Encoder = Callable[[Tensor], dict[str, Tensor]]
 
 PENALTY_EPS = 0.01
 
@@ -47,8 +52,28 @@ def mask_sizes(masks: Tensor) -> Tensor:
 
 
 def penalty_term(masks: Tensor) -> Tensor:
-    """Sum over masks of the batch-mean penalty, the quantity the masker pays for."""
-    return sparsity_penalty(mask_sizes(masks)).mean(dim=0).sum()
+    """Sum over masks of the batch-mean penalty, the quantity the masker pays for.
+
+    Computed in float32 even under bf16/fp16 autocast: near an empty mask the penalty is steep,
+    and a 3-digit mask size would make it jump.
+    """
+    return sparsity_penalty(mask_sizes(masks.float())).mean(dim=0).sum()
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return -grad
+
+
+def reverse_gradient(x: Tensor | None) -> Tensor | None:
+    """Identity forward, negated gradient backward: behind it the masker ascends the loss that
+    the encoder descends, so one backward pass serves both players (descent-ascent)."""
+    return None if x is None else _ReverseGradient.apply(x)
 
 
 def masked_copies(x: Tensor, masks: Tensor) -> Tensor:
@@ -68,14 +93,18 @@ def _rows(out: dict[str, Tensor], start: int, size: int) -> dict[str, Tensor]:
     return {key: value[start : start + size] for key, value in out.items()}
 
 
-def _encode(objective: SiameseObjective, views: Tensor, groups: int) -> dict[str, Tensor]:
+def _encode(
+    objective: SiameseObjective, encode: Encoder, views: Tensor, groups: int
+) -> dict[str, Tensor]:
     if groups == 1:
-        return objective.forward_views(views)
+        return encode(views)
     with batch_groups(objective, groups):
-        return objective.forward_views(views)
+        return encode(views)
 
 
-def _occluded(x: Tensor, masks: Tensor | None, mode: Mode, index: Tensor | None) -> tuple[Tensor, int]:
+def _occluded(
+    x: Tensor, masks: Tensor | None, mode: Mode, index: Tensor | None
+) -> tuple[Tensor, int]:
     if masks is None or mode == "none":
         return x, 1
     if mode == "adios-s":
@@ -94,20 +123,23 @@ def siamese_loss(
     index_b: Tensor | None = None,
     index_a: Tensor | None = None,
     schedule: Schedule = "fast",
+    encode: Encoder | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Objective summed over masks, and the encoder outputs of view ``a`` (for the probe).
 
     ``masks_b`` occludes view ``b``; ``masks_a`` (objectives that mask both views) occludes
     ``a`` with its own masks. Full ADIOS sums the pair loss over the N masked copies; ADIOS-s
-    and ``none`` have a single term.
+    and ``none`` have a single term. ``encode`` replaces ``objective.forward_views`` for the
+    encoder passes (a DistributedDataParallel wrapper of it, so that gradients are averaged).
     """
+    encode = objective.forward_views if encode is None else encode
     if schedule == "reference" and mode == "adios":
-        return _reference_loss(objective, a, b, masks_b, masks_a)
+        return _reference_loss(objective, encode, a, b, masks_b, masks_a)
     batch = a.shape[0]
     views_a, groups_a = _occluded(a, masks_a, mode, index_a)
     views_b, groups_b = _occluded(b, masks_b, mode, index_b)
-    out_a = _encode(objective, views_a, groups_a)
-    out_b = _encode(objective, views_b, groups_b)
+    out_a = _encode(objective, encode, views_a, groups_a)
+    out_b = _encode(objective, encode, views_b, groups_b)
     loss = a.new_zeros(())
     for n in range(groups_b):
         pair_a = _rows(out_a, n * batch, batch) if groups_a > 1 else out_a
@@ -116,15 +148,20 @@ def siamese_loss(
 
 
 def _reference_loss(
-    objective: SiameseObjective, a: Tensor, b: Tensor, masks_b: Tensor, masks_a: Tensor | None
+    objective: SiameseObjective,
+    encode: Encoder,
+    a: Tensor,
+    b: Tensor,
+    masks_b: Tensor,
+    masks_a: Tensor | None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One pass per mask, the unmasked view recomputed each time: the plain schedule."""
     loss = a.new_zeros(())
     first_a = None
     for n in range(masks_b.shape[1]):
         view_a = a if masks_a is None else a * (1.0 - masks_a[:, n : n + 1])
-        out_a = objective.forward_views(view_a)
-        out_b = objective.forward_views(b * (1.0 - masks_b[:, n : n + 1]))
+        out_a = encode(view_a)
+        out_b = encode(b * (1.0 - masks_b[:, n : n + 1]))
         loss = loss + objective.pair_loss(out_a, out_b)
         first_a = out_a if first_a is None else first_a
     return loss, first_a

@@ -6,8 +6,12 @@ batch norm would then pool statistics over all copies, which changes the model's
 equals N separate forwards (outputs, gradients and running statistics). Inside
 :func:`frozen_bn_stats` training-mode layers still normalise with batch statistics but leave their
 buffers alone, so the masker's update step does not move the encoder's running statistics.
+:func:`sync_batch_norm` makes the batch statistics span every process of a distributed run (what
+:class:`torch.nn.SyncBatchNorm` does, which would ignore both contexts); groups and freezing still
+apply.
 
-Outside both contexts the layers are plain :class:`torch.nn.BatchNorm1d`/``2d``.
+Outside the contexts, and without synchronisation in a multi-process run, the layers are plain
+:class:`torch.nn.BatchNorm1d`/``2d``.
 """
 
 from __future__ import annotations
@@ -16,91 +20,121 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "batch_groups", "frozen_bn_stats"]
+__all__ = ["BatchNorm1d", "BatchNorm2d", "batch_groups", "frozen_bn_stats", "sync_batch_norm"]
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_gather(tensor: Tensor) -> Tensor:
+    from adios.distributed import all_gather_with_grad  # only reached in a multi-process run
+
+    return all_gather_with_grad(tensor)
 
 
 class _GroupableBatchNorm(_BatchNorm):
-    """Mixin holding the grouped/frozen behaviour shared by the 1d and 2d layers.
+    """Mixin holding the grouped/frozen/synchronised behaviour shared by the 1d and 2d layers.
 
-    The switches are class-level defaults overridden per instance by the context managers, so a
-    freshly built or unpickled layer always starts on the plain path.
+    The switches are class-level defaults overridden per instance by the context managers (and by
+    :func:`sync_batch_norm`), so a freshly built or unpickled layer starts on the plain path.
     """
 
     _stat_groups: int = 1
     _stats_frozen: bool = False
+    _sync_stats: bool = False
 
     def forward(self, input: Tensor) -> Tensor:
         uses_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        if not uses_batch_stats or (self._stat_groups == 1 and not self._stats_frozen):
+        sync = uses_batch_stats and self._sync_stats and _world_size() > 1
+        if not uses_batch_stats or (self._stat_groups == 1 and not self._stats_frozen and not sync):
             return super().forward(input)
         self._check_input_dim(input)
-        if self._stat_groups == 1:
-            # Frozen, ungrouped: batch statistics without any running buffer to update.
-            return F.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        return self._grouped_forward(input)
-
-    def _grouped_forward(self, input: Tensor) -> Tensor:
         groups = self._stat_groups
-        batch = input.shape[0]
-        if batch % groups != 0:
+        if input.shape[0] % groups != 0:
             raise ValueError(
-                f"batch_groups: batch size {batch} is not divisible into {groups} equal groups"
+                f"batch_groups: batch size {input.shape[0]} is not divisible into {groups} equal "
+                "groups"
             )
-        # One fused batch norm over (b, G*C, *S): each (group, channel) pair becomes a channel, so
-        # it gets its own statistics and autograd treats the groups exactly as separate forwards.
-        per_group, channels, spatial = batch // groups, self.num_features, input.shape[2:]
-        stacked = (
-            input.reshape(groups, per_group, channels, *spatial)
-            .transpose(0, 1)
-            .reshape(per_group, groups * channels, *spatial)
-        )
         update_running = self.training and self.track_running_stats and not self._stats_frozen
-        group_means = group_vars = None
-        if update_running:
-            # With momentum 1 the kernel writes the batch mean and unbiased variance of every
-            # (group, channel) into these scratch buffers, which then update the real ones in order.
-            group_means = torch.zeros(
-                groups * channels, dtype=self.running_mean.dtype, device=input.device
-            )
-            group_vars = torch.zeros_like(group_means)
-        output = F.batch_norm(
-            stacked,
-            group_means,
-            group_vars,
-            None if self.weight is None else self.weight.repeat(groups),
-            None if self.bias is None else self.bias.repeat(groups),
-            True,
-            1.0,
-            self.eps,
-        )
-        if update_running:
-            self._update_running_stats(
-                group_means.view(groups, channels), group_vars.view(groups, channels)
-            )
-        return (
-            output.reshape(per_group, groups, channels, *spatial)
-            .transpose(0, 1)
-            .reshape(input.shape)
-        )
+        # Consecutive equal slices along the batch are views: each group is normalised with its
+        # own statistics without copying its input, autograd treats the groups exactly as
+        # separate forwards, and only the concatenation of the outputs copies memory.
+        parts = input.chunk(groups) if groups > 1 else [input]
+        normalise = self._synchronised if sync else self._local
+        outputs = normalise(parts, update_running)
+        return outputs[0] if groups == 1 else torch.cat(outputs)
 
-    @torch.no_grad()
-    def _update_running_stats(self, group_means: Tensor, group_vars: Tensor) -> None:
-        """Apply each group's statistics in order, exactly as consecutive forwards would."""
-        # Through ``.data``, like the fused kernel's own update: the buffers' version counters
-        # must not move, since earlier forwards in the same graph saved them for backward.
-        running_mean, running_var = self.running_mean.data, self.running_var.data
-        for group_mean, group_var in zip(group_means, group_vars, strict=True):
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm
-                factor = 1.0 / float(self.num_batches_tracked)
-            else:
-                factor = self.momentum
-            running_mean.mul_(1.0 - factor).add_(group_mean, alpha=factor)
-            running_var.mul_(1.0 - factor).add_(group_var, alpha=factor)
+    def _next_factor(self) -> float:
+        """Running-average factor of the next batch, advancing ``num_batches_tracked`` as
+        :class:`torch.nn.BatchNorm2d` does."""
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:  # cumulative moving average
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
+    def _local(self, parts: list[Tensor], update_running: bool) -> list[Tensor]:
+        running_mean = self.running_mean if update_running else None
+        running_var = self.running_var if update_running else None
+        return [
+            F.batch_norm(
+                part,
+                running_mean,
+                running_var,
+                self.weight,
+                self.bias,
+                True,
+                self._next_factor() if update_running else 0.0,
+                self.eps,
+            )
+            for part in parts
+        ]
+
+    def _synchronised(self, parts: list[Tensor], update_running: bool) -> list[Tensor]:
+        """Batch statistics over every process's part of the batch (SyncBatchNorm), per group.
+
+        Each process contributes (count, mean, sum of squared deviations) of every group; these
+        are gathered with autograd, so gradients flow to all processes' inputs, and combined with
+        the parallel-variance formula (no catastrophic cancellation, unlike E[x^2] - E[x]^2).
+        """
+        channels = self.num_features
+        dims = [0, *range(2, parts[0].dim())]
+        shape = [1, channels] + [1] * (parts[0].dim() - 2)
+        local = []
+        for part in parts:
+            values = part.float()
+            mean = values.mean(dim=dims)
+            m2 = (values - mean.view(shape)).square().sum(dim=dims)
+            count = mean.new_full((1,), part.numel() // channels)
+            local.append(torch.cat([mean, m2, count]))
+        gathered = _all_gather(torch.stack(local)).view(-1, len(parts), 2 * channels + 1)
+        means, m2s = gathered[..., :channels], gathered[..., channels : 2 * channels]
+        counts = gathered[..., 2 * channels :].detach()
+        total = counts.sum(dim=0)
+        mean = (counts * means).sum(dim=0) / total
+        m2 = m2s.sum(dim=0) + (counts * (means - mean).square()).sum(dim=0)
+        var = m2 / total
+        if update_running:
+            with torch.no_grad():
+                for group_mean, group_var, n in zip(mean, var, total, strict=True):
+                    factor = self._next_factor()
+                    self.running_mean.data.mul_(1.0 - factor).add_(group_mean, alpha=factor)
+                    unbiased = group_var * (n / (n - 1).clamp_min(1))
+                    self.running_var.data.mul_(1.0 - factor).add_(unbiased, alpha=factor)
+        outputs = []
+        for part, group_mean, group_var in zip(parts, mean, var, strict=True):
+            scale = torch.rsqrt(group_var + self.eps)
+            shift = -group_mean * scale
+            if self.weight is not None:
+                scale, shift = scale * self.weight, shift * self.weight + self.bias
+            out = part.float() * scale.view(shape) + shift.view(shape)
+            outputs.append(out.to(part.dtype))
+        return outputs
 
 
 class BatchNorm1d(_GroupableBatchNorm, nn.BatchNorm1d):
@@ -161,3 +195,12 @@ def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for norm, value in zip(norms, previous, strict=True):
             norm._stats_frozen = value
+
+
+def sync_batch_norm(module: nn.Module, enabled: bool = True) -> int:
+    """Switch every adios batch norm in ``module`` to statistics over all processes of the
+    default process group (a no-op while only one process runs); returns how many layers."""
+    norms = _adios_batch_norms(module)
+    for norm in norms:
+        norm._sync_stats = enabled
+    return len(norms)

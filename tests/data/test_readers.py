@@ -1,6 +1,7 @@
 """Readers on small files written here in the official layouts, checked pixel by pixel."""
 
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -141,6 +142,32 @@ def test_cifar100_fine_labels(tmp_path):
     assert train.images[2, 1, 4, 8] == cifar_value(2, 1, 4, 8)
     assert read_cifar(tmp_path, "cifar100", "test").images[0, 2, 0, 1] == cifar_value(3, 2, 0, 1)
     assert detect_format(tmp_path) == "cifar100" and detect_format(folder) == "cifar100"
+
+
+OFFICIAL_CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+}
+
+
+@pytest.mark.skipif(
+    "ADIOS_CIFAR10_PYTHON" not in os.environ,
+    reason="set ADIOS_CIFAR10_PYTHON to the folder holding the official cifar-10-batches-py",
+)
+def test_official_cifar10_python_batches():
+    root = Path(os.environ["ADIOS_CIFAR10_PYTHON"])
+    folder = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    for name, md5 in OFFICIAL_CIFAR10_MD5.items():
+        assert hashlib.md5((folder / name).read_bytes()).hexdigest() == md5, name
+    train, test = read_cifar(root, "cifar10", "train"), read_cifar(root, "cifar10", "test")
+    assert train.labels.bincount().tolist() == [5000] * 10
+    assert test.labels.bincount().tolist() == [1000] * 10
+    mean = train.images.float().mean(dim=(0, 2, 3)) / 255
+    assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=1e-4)
 
 
 class RunsCode:

@@ -1,0 +1,196 @@
+"""``adios bench step``: what one training step costs, per masking mode and schedule.
+
+For a preset (and overrides) it times :func:`adios.train.train_step` - both players, optimiser
+steps and the online probe included - for plain SimCLR (the preset's objective without masks),
+ADIOS-s and full ADIOS with each requested number of masks, under the ``reference``, ``fast``
+and ``single-pass`` schedules. The views are random tensors of the preset's batch and image size
+(a step's cost does not depend on pixel values), so no dataset is needed.
+
+Measurement: every configuration is built up front; a first, untimed step of each measures its
+peak memory (:class:`adios.perf.MemoryWindow`: its models, optimiser states and one step's
+activations); then ``repeats`` rounds visit the configurations in turn (round-robin), timing
+``steps`` steps each, and each configuration reports the median of its rounds. Interleaving
+spreads slow spells of a shared machine over all rows alike, so the ratios between rows, which
+come from the same run, are more reliable than the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import statistics
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from adios.config import Config, ConfigError
+from adios.perf import MemoryWindow, check_precision, grad_scaler, synchronize
+from adios.train import build_models, build_optimizers, pick_device, train_step
+
+SCHEDULES = ("reference", "fast", "single-pass")
+PROBE_CLASSES = 10
+
+
+@dataclass
+class _Case:
+    masking: str
+    n_masks: int
+    schedule: str
+    cfg: Config
+    models: Any = None
+    optimizers: tuple = ()
+    scaler: Any = None
+    peak_mb: float | None = None
+    seconds: list[float] | None = None
+    steps_done: int = 0
+
+
+def cases(cfg: Config, n_masks: tuple[int, ...]) -> list[_Case]:
+    """Plain objective, ADIOS-s (with the first N) and full ADIOS per N, under each schedule."""
+
+    def variant(masking: str, n: int, schedule: str) -> _Case:
+        derived = copy.deepcopy(cfg)
+        derived.masking = replace(cfg.masking, mode=masking, schedule=schedule)
+        if n:
+            derived.masker = replace(cfg.masker, n_masks=n)
+        return _Case(masking, n, schedule, derived)
+
+    out = [variant("none", 0, "fast")]
+    out += [variant("adios-s", n_masks[0], s) for s in SCHEDULES]
+    out += [variant("adios", n, s) for n in n_masks for s in SCHEDULES]
+    return out
+
+
+def bench_step(
+    cfg: Config,
+    *,
+    steps: int = 1,
+    warmup: int = 1,
+    repeats: int = 3,
+    n_masks: tuple[int, ...] = (4, 6),
+) -> list[dict[str, Any]]:
+    """One row per configuration: images/s (median over rounds), peak memory and ratios."""
+    if steps < 1 or repeats < 1 or warmup < 1:
+        raise ConfigError("bench step: --steps, --repeats and --warmup must be >= 1")
+    if not n_masks or any(n < 2 for n in n_masks):
+        raise ConfigError("bench step: --masks needs numbers of masks >= 2")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    check_precision(cfg.train.precision, device)
+    batch, size = cfg.optim.batch_size, cfg.data.image_size
+    data = torch.Generator().manual_seed(cfg.seed)
+    a = torch.randn(batch, 3, size, size, generator=data).to(device)
+    b = (a.cpu() + 0.3 * torch.randn(batch, 3, size, size, generator=data)).to(device)
+    labels = torch.randint(PROBE_CLASSES, (batch,), generator=data).to(device)
+
+    def run(case: _Case, count: int) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(count):
+            generator = torch.Generator().manual_seed(case.steps_done)
+            train_step(
+                case.cfg, case.models, *case.optimizers, a, b, labels, generator, scaler=case.scaler
+            )
+            case.models.objective.after_encoder_step(case.steps_done, 10**6)
+            case.steps_done += 1
+        synchronize(device)
+        return (time.perf_counter() - start) / count
+
+    todo = cases(cfg, n_masks)
+    for case in todo:  # build, and measure memory on the first (untimed) step
+        gc.collect()
+        window = MemoryWindow(device).open()
+        torch.manual_seed(cfg.seed)
+        case.models = build_models(case.cfg, PROBE_CLASSES, device)
+        case.models.objective.train()
+        case.optimizers = build_optimizers(case.cfg, case.models)
+        case.scaler = grad_scaler(cfg.train.precision, device)
+        run(case, 1)
+        case.peak_mb = window.peak_mb()
+    for _ in range(warmup - 1):
+        for case in todo:
+            run(case, 1)
+    for case in todo:
+        case.seconds = []
+    for _ in range(repeats):
+        for case in todo:
+            case.seconds.append(run(case, steps))
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    meta = {
+        "preset": cfg.preset,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "backbone": cfg.model.backbone,
+        "width": cfg.model.width,
+        "image_size": size,
+        "batch_size": batch,
+        "objective": cfg.objective.name,
+        "precision": cfg.train.precision,
+        "channels_last": cfg.train.channels_last,
+        "compile": cfg.train.compile,
+        "steps": steps,
+        "repeats": repeats,
+        "load_average_1min": load,
+    }
+    rows = []
+    for case in todo:
+        seconds = statistics.median(case.seconds)
+        rows.append(
+            {
+                "masking": case.masking,
+                "n_masks": case.n_masks,
+                "schedule": case.schedule,
+                "images_per_s": batch / seconds,
+                "seconds_per_step": seconds,
+                "peak_mem_mb": case.peak_mb,
+                **meta,
+            }
+        )
+    plain = rows[0]["images_per_s"]
+    for row in rows:
+        same = {
+            r["schedule"]: r["images_per_s"]
+            for r in rows
+            if (r["masking"], r["n_masks"]) == (row["masking"], row["n_masks"])
+        }
+        row["cost_vs_plain"] = plain / row["images_per_s"]
+        row["speedup_vs_reference"] = row["images_per_s"] / same.get("reference", float("nan"))
+        row["speedup_vs_fast"] = row["images_per_s"] / same["fast"]
+    return rows
+
+
+def format_step_table(rows: list[dict[str, Any]]) -> str:
+    first = rows[0]
+    load = first["load_average_1min"]
+    what = (
+        f"preset {first['preset']}: {first['objective']} on {first['backbone']} width "
+        f"{first['width']} at {first['image_size']} px, batch {first['batch_size']}, "
+        f"{first['precision']}{', channels_last' if first['channels_last'] else ''}"
+        f"{', compiled' if first['compile'] else ''}; {first['device']} "
+        f"({first['threads']} threads){f', load average {load:.2f}' if load is not None else ''}"
+    )
+    how = (
+        f"median of {first['repeats']} interleaved rounds of {first['steps']} step(s); "
+        "cost = time per step / plain step; speed-up = images/s / the reference's (or fast's)"
+    )
+    header = (
+        f"{'masking':8s} {'N':>2s} {'schedule':11s} {'images/s':>9s} {'s/step':>7s} "
+        f"{'cost':>6s} {'vs ref':>7s} {'vs fast':>7s} {'peak MB':>8s}"
+    )
+    lines = [what, how, "", header]
+    for r in rows:
+        plain = r["masking"] == "none"
+        peak = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
+        vs_ref = "-" if plain else f"{r['speedup_vs_reference']:.2f}x"
+        vs_fast = "-" if plain else f"{r['speedup_vs_fast']:.2f}x"
+        lines.append(
+            f"{r['masking']:8s} {r['n_masks'] or '-':>2} {'-' if plain else r['schedule']:11s} "
+            f"{r['images_per_s']:9.1f} {r['seconds_per_step']:7.3f} {r['cost_vs_plain']:5.2f}x "
+            f"{vs_ref:>7s} {vs_fast:>7s} {peak:>8s}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""Speed knobs of a training step: mixed precision, memory layout, compilation, peak memory.
+
+- ``train.precision``: ``bf16`` runs the forward passes under :func:`torch.autocast` in bfloat16
+  (CPU and GPU; weights, optimiser states and the sparsity penalty stay float32); ``fp16`` does the
+  same in float16 with a :class:`torch.amp.GradScaler` against gradient underflow, on CUDA only.
+- ``train.channels_last``: NHWC weights and inputs, which convolution libraries (cuDNN, oneDNN)
+  run faster, most of all with bf16/fp16 tensor cores or AMX.
+- ``train.compile``: :func:`torch.compile` of the backbone's forward. Batch norms read their
+  grouped/frozen switches as module attributes, which the compiled code guards on: each
+  combination (plain, N groups, frozen) compiles once, then is reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import resource
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from adios.config import ConfigError
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """fp16 needs loss scaling, which this package does on CUDA only."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"train.precision: fp16 needs a CUDA device (loss scaling), this run is on "
+            f"{device.type}; use bf16 (autocast on CPU and GPU) or fp32"
+        )
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The forward-pass context for ``train.precision`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    check_precision(precision, device)
+    return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """The loss scaler fp16 needs; None for fp32 and bf16 (bf16 has float32's exponent range)."""
+    check_precision(precision, device)
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def backward(loss: Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    (loss if scaler is None else scaler.scale(loss)).backward()
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """Step, or with fp16 unscale first and skip the step if a gradient overflowed."""
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+
+
+def channels_last(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def use_channels_last(*modules: nn.Module | None) -> None:
+    for module in modules:
+        if module is not None:
+            module.to(memory_format=torch.channels_last)
+
+
+def compile_module(module: nn.Module, backend: str = "inductor") -> None:
+    """Compile ``module``'s forward in place (state-dict keys unchanged, unlike ``torch.compile``
+    which wraps the module). The first call of each batch-norm mode pays the compilation."""
+    module.compile(backend=backend)
+
+
+# ----------------------------------------------------------------------------- peak memory
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process so far: CUDA tensors allocated on ``device``, or on CPU the
+    peak resident set size (tensors plus the interpreter, libraries and caches)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, else KiB
+
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_mb(field: str) -> float:
+    for line in _STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**10
+    raise KeyError(field)
+
+
+class MemoryWindow:
+    """Peak memory of a stretch of code, above what was in use when the window opened.
+
+    On CUDA: allocated tensor memory (``torch.cuda`` peak statistics, reset at the start). On a
+    Linux CPU: resident memory; freed heap pages are handed back to the system first
+    (``malloc_trim``) and the kernel's high-water mark is reset (``/proc/self/clear_refs``), so
+    the peak is this window's. Elsewhere on CPU the peak is not resettable and ``peak_mb`` is
+    None.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.supported = device.type == "cuda" or (_STATUS.exists() and _CLEAR_REFS.exists())
+        self.start_mb = 0.0
+
+    def open(self) -> MemoryWindow:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
+        elif self.supported:
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            try:
+                _CLEAR_REFS.write_text("5")  # reset VmHWM to the current resident size
+            except OSError:
+                self.supported = False
+                return self
+            self.start_mb = _status_mb("VmRSS")
+        return self
+
+    def peak_mb(self) -> float | None:
+        """Peak in the window minus the memory in use when it opened."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20 - self.start_mb
+        if not self.supported:
+            return None
+        return _status_mb("VmHWM") - self.start_mb
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings cover it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,171 @@
+"""``adios compare``: grid files, budgets, and a grid that survives interruptions."""
+
+import csv
+import json
+import statistics
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adios import compare
+from adios.checkpoint import RunDirError
+from adios.cli import main
+from adios.compare import Cell, cell_config, cells, parse_grid, run_grid
+from adios.config import ConfigError
+from adios.train import train
+
+TINY = {
+    "data.num_train": 32,
+    "data.num_val": 16,
+    "data.num_test": 16,
+    "model.width": 4,
+    "masker.fbase": 8,
+    "masker.n_masks": 2,
+    "objective.proj_hidden": 16,
+    "objective.proj_out": 8,
+    "optim.batch_size": 16,
+    "optim.warmup_epochs": 1,
+    "train.knn_bank": 32,
+    "train.knn_every": 0,
+    "train.picture_every": 0,
+    "train.progress": False,
+    "train.device": "cpu",
+    "train.threads": 1,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def grid_document(**changes):
+    return {
+        "preset": "shapes-simclr-adios",
+        "schemes": ["none", "oracle"],
+        "objectives": ["simclr"],
+        "seeds": [0, 1],
+        "budget": {"epochs": 2},
+        "overrides": TINY,
+        **changes,
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"schemes": ["mae", "random"]}, "schemes: unknown ['random']"),
+        ({"budget": {"steps": 3}}, "budget: expected {epochs: N} or {minutes: M}"),
+        ({"overrides": {"masking.mode": "mae"}}, "masking.mode is set by the grid"),
+        ({"seeds": [0, -1]}, "seeds: expected a non-empty list"),
+        ({"presets": ["nope"]}, "give either preset"),
+        ({"objectives": ["moco"]}, "objectives: unknown ['moco']"),
+        ({"colour": 1}, "grid: unknown keys ['colour']"),
+    ],
+)
+def test_bad_grids_are_rejected_with_the_key(changes, message):
+    with pytest.raises(
+        ConfigError,
+        match=message.replace("[", r"\[")
+        .replace("]", r"\]")
+        .replace("{", r"\{")
+        .replace("}", r"\}"),
+    ):
+        parse_grid(grid_document(**changes), "g.yaml")
+
+
+def test_cells_are_the_full_product_with_the_grid_settings_last(tmp_path):
+    grid = parse_grid(
+        grid_document(
+            objectives=["simclr", "byol"], scheme_overrides={"mae": {"masking.ratio": 0.5}}
+        ),
+        "g.yaml",
+        tmp_path,
+    )
+    all_cells = cells(grid)
+    assert len(all_cells) == 2 * 2 * 2 and len(set(all_cells)) == 8
+    cfg = cell_config(grid, Cell("shapes-simclr-adios", "byol", "mae", 1), 2)
+    assert (cfg.objective.name, cfg.masking.mode, cfg.seed, cfg.train.epochs) == (
+        "byol",
+        "mae",
+        1,
+        2,
+    )
+    assert cfg.masking.ratio == 0.5 and cfg.model.width == 4
+    assert cfg.run_dir == str(tmp_path / "shapes-simclr-adios" / "byol-mae-seed1")
+
+
+def test_minutes_budget_measures_once_and_fits_whole_epochs(tmp_path, monkeypatch):
+    assert compare.epochs_for_minutes(1.0, 7.0) == 8 and compare.epochs_for_minutes(0.01, 9) == 1
+    grid = parse_grid(grid_document(budget={"minutes": 0.5}), "g.yaml", tmp_path)
+    speed = compare.seconds_per_epoch(cell_config(grid, cells(grid)[2], 1), steps=1, warmup=0)
+    assert speed["steps_per_epoch"] == 2
+    assert speed["seconds_per_epoch"] == pytest.approx(2 * speed["seconds_per_step"])
+    calls = []
+    monkeypatch.setattr(
+        compare, "seconds_per_epoch", lambda cfg: calls.append(cfg) or {"seconds_per_epoch": 4.0}
+    )
+    for cell in cells(grid):
+        assert compare.budget_epochs(grid, cell, [], lambda msg: None) == 7
+    assert len(calls) == 2  # once per scheme, not per seed; kept in calibration.json
+    calibration = json.loads((tmp_path / "calibration.json").read_text())
+    assert calibration["shapes-simclr-adios/simclr/oracle"]["epochs"] == 7
+
+
+def test_interrupted_grid_reruns_only_unfinished_cells_and_writes_tables(tmp_path):
+    grid = parse_grid(grid_document(), "g.yaml", tmp_path)
+    first = run_grid(grid, say=lambda msg: None)
+    assert set(first.values()) == {"trained"}
+    none0, none1, oracle0, oracle1 = cells(grid)
+    reference = load_file(oracle0.run_dir(grid) / "encoder.safetensors")
+
+    # oracle seed 0 interrupted after its first epoch, none seed 1 lost its kNN evaluation,
+    # oracle seed 1 never started; none seed 0 finished
+    cfg = cell_config(grid, oracle0, 2)
+    train(cfg, overwrite=True, stop_after_epoch=1)
+    (none1.run_dir(grid) / "eval_knn.json").unlink()
+    for path in sorted(oracle1.run_dir(grid).rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    before = (none0.run_dir(grid) / "summary.json").stat().st_mtime_ns
+
+    second = run_grid(grid, say=lambda msg: None)
+    assert second == {none0: "done", none1: "evaluated", oracle0: "resumed", oracle1: "trained"}
+    assert (none0.run_dir(grid) / "summary.json").stat().st_mtime_ns == before
+    resumed = load_file(oracle0.run_dir(grid) / "encoder.safetensors")
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)  # exact resume
+
+    with (tmp_path / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["scheme"], r["seeds"]) for r in rows] == [("none", "0 1"), ("oracle", "0 1")]
+    knn = [
+        json.loads((c.run_dir(grid) / "eval_knn.json").read_text())["test"]["selected"]["top1"]
+        for c in (oracle0, oracle1)
+    ]
+    assert float(rows[1]["knn_mean"]) == pytest.approx(statistics.mean(knn))
+    assert float(rows[1]["knn_std"]) == pytest.approx(statistics.stdev(knn))
+    markdown = (tmp_path / "results.md").read_text()
+    assert (
+        "| oracle | simclr | 0,1 |" in markdown and f"{100 * statistics.mean(knn):.1f}" in markdown
+    )
+    assert (tmp_path / "results.png").stat().st_size > 1000
+    with (tmp_path / "cells.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+    changed = parse_grid(grid_document(overrides={**TINY, "optim.lr": 0.1}), "g.yaml", tmp_path)
+    (none1.run_dir(grid) / "eval_knn.json").unlink()
+    with pytest.raises(RunDirError, match="another configuration"):
+        run_grid(changed, say=lambda msg: None)
+
+
+def test_cli_dry_run_lists_cell_states(tmp_path, capsys):
+    path = tmp_path / "g.yaml"
+    path.write_text(json.dumps(grid_document(output=str(tmp_path / "out"))))
+    assert main(["compare", str(path), "--dry-run", "train.device=cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and all(line.startswith("start") for line in lines)
+    assert main(["compare", str(path), "seed=3"]) == 2
+    assert "seed is set by the grid" in capsys.readouterr().err

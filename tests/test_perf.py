@@ -1,0 +1,172 @@
+"""Speed knobs: bf16 autocast on CPU, fp16 refused on CPU, channels_last, torch.compile under the
+batch-norm contexts, peak memory."""
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from adios.cli import main
+from adios.config import ConfigError, load_config
+from adios.models import batch_groups, build_backbone, frozen_bn_stats
+from adios.perf import MemoryWindow, autocast, compile_module, grad_scaler, peak_memory_mb
+from adios.train import build_models, build_optimizers, train_step
+
+TINY = [
+    "model.width=4",
+    "masker.fbase=8",
+    "masker.n_masks=3",
+    "objective.proj_hidden=32",
+    "objective.proj_out=16",
+    "optim.batch_size=8",
+    "train.device=cpu",
+    "optim.name=sgd",
+    "optim.lr=0.01",
+    "optim.mask_lr=0.01",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def step_once(*overrides, smooth=False):
+    cfg = load_config([*TINY, *overrides])
+    torch.manual_seed(0)
+    models = build_models(cfg, num_classes=3, device=torch.device("cpu"))
+    if smooth:  # see tests/masking/test_adios.py: float32 round-off must not flip ReLUs
+        for root in (models.objective, models.masker):
+            for module in list(root.modules()):
+                for name, child in module.named_children():
+                    if isinstance(child, nn.ReLU):
+                        setattr(module, name, nn.SiLU())
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    models.objective.train()
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 3, 32, 32, generator=g)
+    b = a + 0.3 * torch.randn(8, 3, 32, 32, generator=g)
+    y = torch.randint(0, 3, (8,), generator=g)
+    dtypes = []
+    handle = models.backbone.conv1.register_forward_hook(
+        lambda module, inputs, output: dtypes.append(output.dtype)
+    )
+    stats = train_step(
+        cfg, models, encoder_opt, masker_opt, a, b, y, torch.Generator().manual_seed(0)
+    )
+    handle.remove()
+    return models, stats, dtypes
+
+
+@pytest.mark.parametrize("schedule", ["fast", "single-pass"])
+def test_bf16_autocast_runs_on_cpu_and_tracks_float32(schedule):
+    _, reference, _ = step_once(f"masking.schedule={schedule}")
+    models, stats, dtypes = step_once(f"masking.schedule={schedule}", "train.precision=bf16")
+    assert set(dtypes) == {torch.bfloat16}  # the convolutions ran in bf16
+    assert all(p.dtype == torch.float32 for p in models.objective.parameters())
+    for key in ("loss", "adv_loss", "probe_loss", "penalty"):
+        assert stats[key] == pytest.approx(reference[key], rel=0.03), key
+
+
+def test_fp16_is_refused_on_cpu_with_a_clear_error(tmp_path, capsys):
+    cpu = torch.device("cpu")
+    for call in (lambda: autocast("fp16", cpu), lambda: grad_scaler("fp16", cpu)):
+        with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+            call()
+    assert grad_scaler("bf16", cpu) is None
+    run_dir = tmp_path / "r"
+    assert main(["train", f"run_dir={run_dir}", *TINY, "train.precision=fp16"]) == 2
+    assert "train.precision: fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_channels_last_takes_the_same_step():
+    plain_models, plain, _ = step_once(smooth=True)
+    models, stats, _ = step_once("train.channels_last=true", smooth=True)
+    conv = models.backbone.layer1[0].conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    for key in ("loss", "adv_loss", "probe_loss", "penalty"):
+        assert stats[key] == pytest.approx(plain[key], rel=1e-5), key
+    for p, q in zip(
+        models.objective.parameters(), plain_models.objective.parameters(), strict=True
+    ):
+        assert torch.allclose(p, q, atol=1e-5, rtol=0)
+
+
+def test_compiled_backbone_honours_grouped_and_frozen_batch_norm():
+    """Dynamo guards on the batch norms' switches: each mode gives the eager results (outputs,
+    gradients, running statistics). The eager backend keeps the test fast; inductor compiles
+    the same graphs."""
+    torch.manual_seed(0)
+    eager = build_backbone("resnet18", 32, width=4).train()
+    compiled = copy.deepcopy(eager)
+    compile_module(compiled, backend="eager")
+    x = torch.randn(8, 3, 32, 32)
+    modes = [
+        lambda m: batch_groups(m, 1),
+        lambda m: batch_groups(m, 2),
+        frozen_bn_stats,
+        lambda m: batch_groups(m, 4),
+    ]
+    for mode in modes:
+        outputs = []
+        for net in (eager, compiled):
+            net.zero_grad()
+            with mode(net):
+                out = net(x)
+            out.square().sum().backward()
+            outputs.append((out, net.conv1.weight.grad.clone()))
+        (out_e, grad_e), (out_c, grad_c) = outputs
+        torch.testing.assert_close(out_c, out_e)
+        torch.testing.assert_close(grad_c, grad_e)
+        for (name, buf_e), buf_c in zip(eager.named_buffers(), compiled.buffers(), strict=True):
+            torch.testing.assert_close(buf_c, buf_e, msg=name)
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+
+
+def test_memory_window_sees_what_was_allocated_inside_it():
+    window = MemoryWindow(torch.device("cpu")).open()
+    if not window.supported:
+        pytest.skip("no resettable peak resident size on this system")
+    big = torch.ones(16 * 2**20)  # 64 MiB, every page touched
+    del big
+    assert window.peak_mb() > 60
+    window = MemoryWindow(torch.device("cpu")).open()
+    small = torch.ones(2**18)  # 1 MiB
+    del small
+    assert window.peak_mb() < 40
+    assert peak_memory_mb(torch.device("cpu")) > 64
+
+
+def test_single_pass_bf16_channels_last_run_reports_peak_memory(tmp_path):
+    run_dir = tmp_path / "r"
+    assert (
+        main(
+            [
+                "train",
+                f"run_dir={run_dir}",
+                *TINY,
+                "data.num_train=32",
+                "data.num_val=8",
+                "data.num_test=8",
+                "train.knn_bank=16",
+                "train.epochs=1",
+                "train.progress=false",
+                "train.threads=1",
+                "masking.schedule=single-pass",
+                "train.precision=bf16",
+                "train.channels_last=true",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["peak_mem_mb"] > 0 and summary["processes"] == 1
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["peak_mem_mb"] > 0 for row in rows if "elapsed_s" in row)
+    assert any("adv_loss" in row and "penalty" in row for row in rows)
