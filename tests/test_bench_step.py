@@ -8,6 +8,7 @@ import torch
 from adios.cli import main
 
 TINY = [
+    "preset=shapes-paper",  # a base that does not move when the default preset is tuned
     "model.width=4",
     "masker.fbase=8",
     "objective.proj_hidden=16",

@@ -6,7 +6,8 @@ from adios.config import ConfigError, describe, load_config, preset_names, to_di
 
 
 def test_default_preset_and_dotted_overrides():
-    cfg = load_config(["optim.lr=0.05", "data.scenes.max_objects=3", "masking.mode=adios-s",
+    cfg = load_config(["optim.lr=0.05", "data.scenes.max_objects=3",
+                       "data.scenes.count_weights=null", "masking.mode=adios-s",
                        "augment.view_b.solarize_p=0.2", "data.image_size=64"])
     assert cfg.preset == "shapes-simclr-adios"
     assert cfg.optim.lr == 0.05 and isinstance(cfg.optim.lr, float)

@@ -10,6 +10,7 @@ from adios.cli import main
 from adios.train import CHECKPOINT
 
 TINY = [
+    "preset=shapes-paper",  # a base that does not move when the default preset is tuned
     "data.num_train=48", "data.num_val=16", "data.num_test=24", "model.width=4",
     "masker.fbase=8", "masker.n_masks=3", "objective.proj_hidden=32", "objective.proj_out=16",
     "optim.batch_size=16", "optim.warmup_epochs=1", "train.knn_bank=48", "train.progress=false",
