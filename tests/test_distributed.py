@@ -140,14 +140,6 @@ def two_processes(tmp_path_factory):
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("schedule", ["fast", "single-pass", "reference"])
 def test_two_processes_equal_one_process_with_the_global_batch(two_processes, schedule):
     one = play(schedule, DistEnv())

@@ -29,14 +29,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def step_once(*overrides, smooth=False):
     cfg = load_config([*TINY, *overrides])
     torch.manual_seed(0)

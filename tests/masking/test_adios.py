@@ -26,16 +26,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions gain nothing from threads, and on a shared machine two OpenMP threads
-    can wait on each other far longer than they compute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(*overrides: str, objective: str = "simclr"):
     extra = [] if objective == "simclr" else ["objective.pred_hidden=32"]
     cfg = load_config([*TINY, f"objective.name={objective}", *extra, *overrides])
