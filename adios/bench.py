@@ -26,12 +26,8 @@ import torch
 from adios.config import Config
 from adios.data.augment import TwoViewAugment
 from adios.data.datasets import load_dataset, to_device, training_batches
+from adios.perf import synchronize
 from adios.train import build_models, build_optimizers, epoch_generator, pick_device, train_step
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _views(batches, augment: TwoViewAugment, seed: int) -> Iterator[tuple[Any, ...]]:
@@ -46,11 +42,11 @@ def _rate(run, count: int, warmup: int, device: torch.device) -> float:
     """Images per second of ``run()`` (which returns its batch size) over ``count`` calls."""
     for _ in range(warmup):
         run()
-    _sync(device)
+    synchronize(device)
     start, images = time.perf_counter(), 0
     for _ in range(count):
         images += run()
-    _sync(device)
+    synchronize(device)
     return images / (time.perf_counter() - start)
 
 

@@ -247,6 +247,7 @@ def seconds_per_epoch(cfg: Config, steps: int = 4, warmup: int = 1) -> dict[str,
     """Time ``steps`` iterations of the training loop's body (views, then train_step) after
     ``warmup`` untimed ones, and scale to an epoch. Monitoring and pictures are not counted."""
     from adios.data.augment import TwoViewAugment
+    from adios.perf import synchronize
     from adios.train import (
         build_models,
         build_optimizers,
@@ -287,8 +288,7 @@ def seconds_per_epoch(cfg: Config, steps: int = 4, warmup: int = 1) -> dict[str,
         else:
             (a, b), objects = augment(images, generator), None
         train_step(cfg, models, encoder_opt, masker_opt, a, b, labels, generator, objects)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         if i >= warmup:
             elapsed += time.perf_counter() - start
     step_s = elapsed / steps
