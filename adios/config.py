@@ -90,12 +90,22 @@ class ModelConfig:
 
 @dataclass
 class MaskerConfig:
+    # unet: the paper's OcclusionModel; slots: slot attention (adios/models/slots.py, docs/slots.md)
+    kind: Literal["unet", "slots"] = "unet"
     n_masks: int = 4
-    fbase: int = 32
+    fbase: int = 32  # unet: base channels; slots: the CNN's channels
     norm: Literal["group", "instance", "none"] = "group"
     blur_sigma: float = 0.0  # px; > 0 smooths the masks (our addition, see OcclusionModel)
+    slot_dim: int = 64  # slots: width of the slots, keys and values
+    slot_iters: int = 3  # slots: attention rounds
+    slot_stride: int = 1  # slots: feature map of image_size / stride; masks upsampled from it
 
     def __post_init__(self) -> None:
+        _check(self.kind == "unet" or self.blur_sigma == 0, "blur_sigma",
+               "applies to masker.kind=unet only")
+        _check(self.slot_dim >= 1, "slot_dim", "must be a positive integer")
+        _check(self.slot_iters >= 1, "slot_iters", "must be at least 1")
+        _check(self.slot_stride in (1, 2, 4, 8), "slot_stride", "must be 1, 2, 4 or 8")
         _check(self.n_masks >= 2, "n_masks", "must be at least 2")
         _check(self.blur_sigma >= 0, "blur_sigma", "must be >= 0")
         _check(self.fbase >= 8 and self.fbase % 8 == 0, "fbase", "must be a multiple of 8")
@@ -226,6 +236,8 @@ class Config:
                "masking.patch_size", "must be at most data.image_size")
         _check(self.masking.min_block_area is None or self.masking.min_block_area <= size**2,
                "masking.min_block_area", "must be at most data.image_size squared")
+        _check(self.masker.kind == "unet" or size % self.masker.slot_stride == 0,
+               "masker.slot_stride", "must divide data.image_size")
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -52,7 +52,8 @@ from adios.evaluation.mask_metrics import mask_quality
 from adios.masking.adios import frozen, mask_sizes, penalty_term, reverse_gradient, siamese_loss
 from adios.masking.blobs import random_blob_masks
 from adios.masking.schemes import LEARNED, fixed_scheme, views_with_objects
-from adios.models import OcclusionModel, build_backbone
+from adios.models import build_backbone
+from adios.models.masker import build_masker
 from adios.objectives import build_objective
 from adios.objectives.base import SiameseObjective
 from adios.optim import apply_schedule, build_optimizer, param_groups
@@ -115,10 +116,7 @@ def build_models(cfg: Config, num_classes: int | None, device: torch.device) -> 
     objective = build_objective(cfg.objective.name, backbone, **kwargs)
     masker = None
     if cfg.masking.mode in LEARNED:
-        masker = OcclusionModel(
-            cfg.data.image_size, cfg.masker.n_masks, fbase=cfg.masker.fbase, norm=cfg.masker.norm,
-            blur_sigma=cfg.masker.blur_sigma,
-        )
+        masker = build_masker(cfg)
     probe = nn.Linear(backbone.out_dim, num_classes) if num_classes else None
     models = Models(objective.to(device), masker and masker.to(device), probe and probe.to(device))
     if cfg.train.channels_last:

@@ -23,23 +23,30 @@ first (they hurt a CNN encoder more than hiding any object), and they teach noth
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["OcclusionModel"]
+if TYPE_CHECKING:
+    from adios.config import Config
+
+__all__ = ["OcclusionModel", "build_masker", "conv_block"]
 
 NormKind = Literal["group", "instance", "none"]
 _GROUP_NORM_GROUPS = 8
 _BOTTLENECK_HIDDEN = 128
 
 
-def _conv_block(in_channels: int, out_channels: int, norm: NormKind) -> nn.Sequential:
+def conv_block(
+    in_channels: int, out_channels: int, norm: NormKind, kernel_size: int = 3, stride: int = 1
+) -> nn.Sequential:
+    """conv (same padding) -> norm -> ReLU; the U-Net's block, and the slot masker's CNN."""
     # A conv bias is redundant when a normalisation with its own shift follows.
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=norm == "none")
+        nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride,
+                  padding=kernel_size // 2, bias=norm == "none")
     ]
     if norm == "group":
         layers.append(nn.GroupNorm(_GROUP_NORM_GROUPS, out_channels))
@@ -105,7 +112,7 @@ class OcclusionModel(nn.Module):
         self.encoder = nn.ModuleList()
         in_channels = 3
         for out_channels in encoder_channels:
-            self.encoder.append(_conv_block(in_channels, out_channels, norm))
+            self.encoder.append(conv_block(in_channels, out_channels, norm))
             in_channels = out_channels
 
         bottleneck_channels = encoder_channels[-1]
@@ -125,7 +132,7 @@ class OcclusionModel(nn.Module):
         in_channels = bottleneck_channels
         for i, out_channels in enumerate(decoder_channels):
             skip_channels = encoder_channels[num_blocks - 1 - i]
-            self.decoder.append(_conv_block(in_channels + skip_channels, out_channels, norm))
+            self.decoder.append(conv_block(in_channels + skip_channels, out_channels, norm))
             in_channels = out_channels
 
         self.head = nn.Conv2d(fbase, n_masks, kernel_size=1)
@@ -164,3 +171,17 @@ class OcclusionModel(nn.Module):
                        k.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)
         return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"),
                         k.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)
+
+
+def build_masker(cfg: Config) -> nn.Module:
+    """The masker ``cfg`` describes (``masker.kind``: the U-Net or the slot-attention masker),
+    for training and for evaluation alike, so that an evaluated masker is the trained one."""
+    from adios.models.slots import SlotMasker  # it builds on this module's conv_block
+
+    m = cfg.masker
+    if m.kind == "slots":
+        return SlotMasker(cfg.data.image_size, m.n_masks, fbase=m.fbase, norm=m.norm,
+                          slot_dim=m.slot_dim, iters=m.slot_iters, stride=m.slot_stride)
+    return OcclusionModel(
+        cfg.data.image_size, m.n_masks, fbase=m.fbase, norm=m.norm, blur_sigma=m.blur_sigma
+    )
