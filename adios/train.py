@@ -48,7 +48,7 @@ from adios.distributed import (
 from adios.distributed import setup as setup_distributed
 from adios.evaluation.features import extract_features, predict_masks
 from adios.evaluation.knn import knn_accuracy
-from adios.evaluation.mask_metrics import mask_quality
+from adios.evaluation.mask_metrics import image_variation, mask_quality
 from adios.masking.adios import frozen, mask_sizes, penalty_term, reverse_gradient, siamese_loss
 from adios.masking.blobs import random_blob_masks
 from adios.masking.schemes import LEARNED, fixed_scheme, views_with_objects
@@ -450,6 +450,8 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
                 quality = mask_quality(test.instances.cpu(), m)
                 summary[f"mask_fg_ari{suffix}"] = quality["fg_ari"]
                 summary[f"mask_mbo{suffix}"] = quality["mbo"]
+                summary[f"mask_image_variation{suffix}"] = image_variation(m)
+                summary[f"mask_image_variation_argmax{suffix}"] = image_variation(m, hard=True)
             mask_figure(test.images[:8], masks[:8], run_dir / "masks.png", title="test scenes")
     return summary
 

@@ -145,6 +145,26 @@ def mean_best_overlap(instances: Tensor, assignment: Tensor) -> float:
 
 
 @torch.no_grad()
+def image_variation(masks: Tensor, hard: bool = False) -> float:
+    """How much the masks change from image to image: the mean over masks and pixels of the
+    (population) standard deviation over images of the soft masks (B, N, H, W), or, with
+    ``hard``, of their one-hot argmax.
+
+    0 for masks that ignore the image (a masker that drifted to a fixed pattern of stripes); for
+    hard masks an independent uniform choice of N masks per pixel gives sqrt((N - 1) / N**2).
+    Soft values also fall when masks blur towards 1/N, so read ``hard`` for a sharpness-free
+    answer.
+    """
+    if masks.dim() != 4:
+        raise ValueError(f"masks must be (B, N, H, W), got shape {tuple(masks.shape)}")
+    if hard:
+        masks = torch.zeros_like(masks, dtype=torch.float32).scatter_(
+            1, _hard_assignment(masks).unsqueeze(1), 1.0
+        )
+    return masks.double().std(dim=0, correction=0).mean().item()
+
+
+@torch.no_grad()
 def mask_quality(
     instances: Tensor,
     masks: Tensor,

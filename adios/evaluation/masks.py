@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from adios.evaluation.features import predict_masks
-from adios.evaluation.mask_metrics import best_coverage, mask_quality
+from adios.evaluation.mask_metrics import best_coverage, image_variation, mask_quality
 from adios.masking.blobs import random_blob_masks
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -40,7 +40,8 @@ def mask_statistics(instances: Tensor, masks: Tensor, collapse_threshold: float 
     Adds ``coverage_quantiles`` / ``coverage_histogram`` over objects (:func:`best_coverage`),
     ``size_quantiles`` per mask and ``size_histogram`` over (image, mask) pairs of the fraction of
     the image a mask covers, and ``collapsed_per_image``: the mean number of masks per image below
-    ``collapse_threshold`` (``collapsed`` counts masks below it on average over the dataset).
+    ``collapse_threshold`` (``collapsed`` counts masks below it on average over the dataset),
+    and ``image_variation`` / ``image_variation_argmax`` (:func:`image_variation`, soft / hard).
     """
     masks = masks.float()
     quality = mask_quality(instances, masks, collapse_threshold=collapse_threshold)
@@ -54,6 +55,8 @@ def mask_statistics(instances: Tensor, masks: Tensor, collapse_threshold: float 
         "size_histogram": _histogram(sizes.flatten()),
         "collapsed_per_image": (sizes < collapse_threshold).sum(dim=1).double().mean().item(),
         "collapse_threshold": collapse_threshold,
+        "image_variation": image_variation(masks),
+        "image_variation_argmax": image_variation(masks, hard=True),
         "n_images": int(masks.shape[0]),
     }
 

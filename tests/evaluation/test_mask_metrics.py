@@ -10,6 +10,7 @@ from adios.evaluation.mask_metrics import (
     best_coverage,
     best_overlap,
     foreground_ari,
+    image_variation,
     mask_quality,
     mean_best_overlap,
 )
@@ -206,3 +207,20 @@ def test_best_coverage_matches_brute_force_and_feeds_mask_quality():
             assert coverage[image, object_id - 1].item() == pytest.approx(expected)
     quality = mask_quality(instances, assignment, n_masks=4)
     assert quality["coverage"] == pytest.approx(coverage.nanmean().item())
+
+
+def test_image_variation_is_zero_for_fixed_masks_and_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    fixed = torch.softmax(torch.randn(1, 3, 6, 6, generator=g), dim=1).expand(5, -1, -1, -1)
+    assert image_variation(fixed) == pytest.approx(0.0, abs=1e-7)
+    assert image_variation(fixed, hard=True) == 0.0
+    masks = torch.softmax(3 * torch.randn(7, 3, 6, 6, generator=g), dim=1)
+    values = masks.double().numpy()
+    assert image_variation(masks) == pytest.approx(values.std(axis=0).mean())  # numpy: ddof=0
+    one_hot = np.eye(3)[values.argmax(axis=1)]  # (B, H, W, N)
+    assert image_variation(masks, hard=True) == pytest.approx(one_hot.std(axis=0).mean())
+    # two images whose hard masks swap: every one-hot entry is 0 in one and 1 in the other
+    swap = torch.stack([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])])[:, :, None, None]
+    assert image_variation(swap.expand(2, 2, 4, 4), hard=True) == pytest.approx(0.5)
+    uniform = torch.softmax(50 * torch.rand(4000, 4, 2, 2, generator=g), dim=1)
+    assert image_variation(uniform, hard=True) == pytest.approx(math.sqrt(3) / 4, abs=0.01)
