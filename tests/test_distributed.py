@@ -45,7 +45,9 @@ RUNS = [
     ("single-pass", "single-pass", True),
     ("reference", "reference", True),
     ("fast-local-negatives", "fast", False),
+    ("slots-fast", "fast", True),  # the slot-attention masker (masker.kind=slots)
 ]
+SLOTS = ["masker.kind=slots", "masker.slot_dim=16"]
 
 
 def global_batch(step: int):
@@ -55,11 +57,17 @@ def global_batch(step: int):
     return a, b, torch.randint(0, 3, (GLOBAL_BATCH,), generator=g)
 
 
-def play(schedule: str, env: DistEnv, gather: bool = True, hooks: dict | None = None) -> dict:
+def play(
+    schedule: str,
+    env: DistEnv,
+    gather: bool = True,
+    hooks: dict | None = None,
+    extra: tuple[str, ...] | list[str] = (),
+) -> dict:
     """Three steps on this process's share of each global batch; the final parameters."""
     from adios.distributed import replicate
 
-    cfg = load_config([*TINY, f"masking.schedule={schedule}"])
+    cfg = load_config([*TINY, f"masking.schedule={schedule}", *extra])
     torch.manual_seed(0)
     models = build_models(cfg, num_classes=3, device=torch.device("cpu"))
     relu_to_silu(models.objective, models.masker)
@@ -119,7 +127,8 @@ def worker(out_dir: Path) -> None:
     results = {}
     for name, schedule, gather in RUNS:
         hooks: dict = {}
-        results[name] = (play(schedule, env, gather, hooks), hooks)
+        extra = SLOTS if name.startswith("slots") else []
+        results[name] = (play(schedule, env, gather, hooks, extra), hooks)
     torch.save(results, out_dir / f"rank{env.rank}.pt")
 
 
@@ -148,6 +157,16 @@ def test_two_processes_equal_one_process_with_the_global_batch(two_processes, sc
         assert state.keys() == one.keys()
         for key, value in one.items():
             assert torch.allclose(state[key].double(), value.double(), atol=1e-5, rtol=0), key
+
+
+def test_two_processes_equal_one_process_with_the_slot_masker(two_processes):
+    one = play("fast", DistEnv(), extra=SLOTS)
+    for rank in (0, 1):
+        state, reductions = two_processes[rank]["slots-fast"]
+        assert state.keys() == one.keys() and any(k.startswith("masker.slots") for k in one)
+        for key, value in one.items():
+            assert torch.allclose(state[key].double(), value.double(), atol=1e-5, rtol=0), key
+        assert reductions == {"encoder": STEPS, "masker": STEPS, "probe": STEPS}
 
 
 def test_without_gathered_negatives_the_runs_differ(two_processes):
