@@ -98,7 +98,9 @@ class MaskerConfig:
     blur_sigma: float = 0.0  # px; > 0 smooths the masks (our addition, see OcclusionModel)
     slot_dim: int = 64  # slots: width of the slots, keys and values
     slot_iters: int = 3  # slots: attention rounds
-    slot_stride: int = 1  # slots: feature map of image_size / stride; masks upsampled from it
+    # slots: attention on an image_size / stride map, mask logits upsampled bilinearly; 2 costs
+    # about what the U-Net does at 32 px, 1 five times more (docs/slots.md)
+    slot_stride: int = 2
 
     def __post_init__(self) -> None:
         _check(self.kind == "unet" or self.blur_sigma == 0, "blur_sigma",

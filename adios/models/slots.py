@@ -69,7 +69,7 @@ class SlotMasker(nn.Module):
         norm: NormKind = "group",
         slot_dim: int = 64,
         iters: int = 3,
-        stride: int = 1,
+        stride: int = 2,
         conv_layers: int = 4,
     ) -> None:
         super().__init__()
@@ -120,10 +120,11 @@ class SlotMasker(nn.Module):
             nn.Linear(2 * slot_dim, slot_dim),
         )
 
-    def _attention_logits(self, slots: Tensor, keys: Tensor) -> Tensor:
-        """(B, N, P): scaled dot products of the slots' queries with the pixels' keys."""
-        queries = self.to_q(self.norm_slots(slots))
-        return torch.einsum("bnd,bpd->bnp", queries, keys) / math.sqrt(self.slot_dim)
+    def _attention_logits(self, slots: Tensor, keys_t: Tensor) -> Tensor:
+        """(B, N, P): scaled dot products of the slots' queries with the pixels' keys, given
+        transposed (B, D, P) so that the product is a plain batched matmul."""
+        queries = self.to_q(self.norm_slots(slots)) / math.sqrt(self.slot_dim)
+        return torch.bmm(queries, keys_t.to(queries.dtype))
 
     def logits(self, x: Tensor, slots: Tensor | None = None) -> Tensor:
         """Pre-softmax mask scores (B, n_masks, H, W); ``slots``: initial slots (N, D) or
@@ -136,7 +137,7 @@ class SlotMasker(nn.Module):
         batch = x.shape[0]
         features = self.encoder(x).flatten(2).transpose(1, 2)  # (B, P, C)
         inputs = self.norm_inputs(self.features(features + self.position(self.grid)))
-        keys, values = self.to_k(inputs), self.to_v(inputs)
+        keys_t, values = self.to_k(inputs).transpose(1, 2).contiguous(), self.to_v(inputs)
 
         slots = self.slots if slots is None else slots
         if slots.shape[-2:] != (self.n_masks, self.slot_dim):
@@ -146,16 +147,16 @@ class SlotMasker(nn.Module):
             )
         slots = slots.expand(batch, -1, -1)
         for _ in range(self.iters):
-            attention = self._attention_logits(slots, keys).softmax(dim=1)  # slots compete
+            attention = self._attention_logits(slots, keys_t).softmax(dim=1)  # slots compete
             weights = attention + _ATTENTION_EPS
             weights = weights / weights.sum(dim=-1, keepdim=True)  # a mean over each slot's pixels
-            updates = torch.einsum("bnp,bpd->bnd", weights, values)
+            updates = torch.bmm(weights, values.to(weights.dtype))
             previous = slots.reshape(-1, self.slot_dim)
             slots = self.gru(updates.reshape(-1, self.slot_dim).to(previous.dtype), previous)
             slots = slots.view(batch, self.n_masks, self.slot_dim)
             slots = slots + self.update(self.norm_update(slots))
         side = self.feature_size
-        scores = self._attention_logits(slots, keys).view(batch, self.n_masks, side, side)
+        scores = self._attention_logits(slots, keys_t).view(batch, self.n_masks, side, side)
         if self.stride > 1:
             scores = F.interpolate(scores, size=(self.image_size,) * 2, mode="bilinear",
                                    align_corners=False)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from adios.cli import main
 from adios.config import ConfigError, load_config, to_dict
@@ -87,12 +88,15 @@ def reference_masks(model: SlotMasker, x: torch.Tensor) -> torch.Tensor:
         q = model.to_q(model.norm_slots(slots))
         logits = (q @ k.T) / model.slot_dim**0.5
         side = model.feature_size
-        out.append(torch.softmax(logits.view(-1, side, side), dim=0))
+        logits = F.interpolate(logits.view(1, -1, side, side), size=x.shape[-2:],
+                               mode="bilinear", align_corners=False)[0]
+        out.append(torch.softmax(logits, dim=0))
     return torch.stack(out)
 
 
-def test_masks_match_slot_attention_written_out():
-    model = small(iters=2)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_masks_match_slot_attention_written_out(stride):
+    model = small(iters=2, stride=stride)
     x = images(2)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference_masks(model, x), atol=1e-5, rtol=1e-4)
@@ -153,9 +157,9 @@ def test_wrong_input_or_slots_shape_raises():
 
 def test_config_builds_each_kind_and_checks_slot_options():
     assert isinstance(build_masker(load_config(TINY[:1])), OcclusionModel)
-    model = build_masker(load_config([*TINY, "masker.slot_iters=2", "masker.slot_stride=2"]))
+    model = build_masker(load_config([*TINY, "masker.slot_iters=2", "masker.slot_stride=4"]))
     assert isinstance(model, SlotMasker)
-    assert (model.n_masks, model.slot_dim, model.iters, model.stride) == (3, 16, 2, 2)
+    assert (model.n_masks, model.slot_dim, model.iters, model.stride) == (3, 16, 2, 4)
     for bad, key in (("masker.slot_stride=3", "slot_stride"),
                      ("masker.blur_sigma=1.0", "blur_sigma"),
                      ("masker.slot_iters=0", "slot_iters")):
