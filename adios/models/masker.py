@@ -175,7 +175,8 @@ class OcclusionModel(nn.Module):
 
 def build_masker(cfg: Config) -> nn.Module:
     """The masker ``cfg`` describes (``masker.kind``: the U-Net or the slot-attention masker),
-    for training and for evaluation alike, so that an evaluated masker is the trained one."""
+    for training and for evaluation alike (one place, so that an evaluated masker is the trained
+    one: the same kind, blur, norm and width)."""
     from adios.models.slots import SlotMasker  # it builds on this module's conv_block
 
     m = cfg.masker

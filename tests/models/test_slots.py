@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from adios.cli import main
 from adios.config import ConfigError, load_config, to_dict
+from adios.engine import build_models, build_optimizers, train_step
 from adios.masking.adios import frozen, siamese_loss
 from adios.models.masker import OcclusionModel, build_masker
 from adios.models.slots import SlotMasker
-from adios.train import build_models, build_optimizers, train_step
 
 TINY = [
     "preset=shapes-paper",  # a base that does not move when the default preset is tuned
