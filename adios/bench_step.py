@@ -24,11 +24,11 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import torch
 
-from adios.config import Config, ConfigError
+from adios.config import Config, ConfigError, MaskerConfig
 from adios.engine import Trainer, build_trainer
 from adios.masking.blobs import random_blob_masks
 from adios.masking.schemes import LEARNED, SCHEMES
@@ -46,26 +46,34 @@ class _Case:
     n_masks: int
     schedule: str
     cfg: Config
+    masker: str = "-"  # masker.kind of the learned rows
     trainer: Trainer | None = None
     peak_mb: float | None = None
     seconds: list[float] | None = None
     steps_done: int = 0
 
 
-def cases(cfg: Config, n_masks: tuple[int, ...], schemes: tuple[str, ...] = ()) -> list[_Case]:
+def cases(
+    cfg: Config,
+    n_masks: tuple[int, ...],
+    schemes: tuple[str, ...] = (),
+    maskers: tuple[str, ...] = (),
+) -> list[_Case]:
     """Plain objective, ADIOS-s (with the first N) and full ADIOS per N, under each schedule,
-    then each fixed scheme asked for."""
+    for each masker kind in ``maskers`` (default: the configuration's), then each fixed scheme
+    asked for."""
 
-    def variant(masking: str, n: int, schedule: str) -> _Case:
+    def variant(masking: str, n: int, schedule: str, kind: str | None = None) -> _Case:
         derived = copy.deepcopy(cfg)
         derived.masking = replace(cfg.masking, mode=masking, schedule=schedule)
         if n:
-            derived.masker = replace(cfg.masker, n_masks=n)
-        return _Case(masking, n, schedule, derived)
+            derived.masker = replace(cfg.masker, n_masks=n, kind=kind or cfg.masker.kind)
+        return _Case(masking, n, schedule, derived, derived.masker.kind if n else "-")
 
     out = [variant("none", 0, "fast")]
-    out += [variant("adios-s", n_masks[0], s) for s in SCHEDULES]
-    out += [variant("adios", n, s) for n in n_masks for s in SCHEDULES]
+    for kind in maskers or (cfg.masker.kind,):
+        out += [variant("adios-s", n_masks[0], s, kind) for s in SCHEDULES]
+        out += [variant("adios", n, s, kind) for n in n_masks for s in SCHEDULES]
     out += [variant(scheme, 0, "fast") for scheme in schemes]
     return out
 
@@ -78,6 +86,7 @@ def bench_step(
     repeats: int = 3,
     n_masks: tuple[int, ...] = (4, 6),
     schemes: tuple[str, ...] = (),
+    maskers: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """One row per configuration: images/s (median over rounds), peak memory and ratios."""
     if steps < 1 or repeats < 1 or warmup < 1:
@@ -110,7 +119,10 @@ def bench_step(
         synchronize(device)
         return (time.perf_counter() - start) / count
 
-    todo = cases(cfg, n_masks, schemes)
+    kinds = get_args(get_type_hints(MaskerConfig)["kind"])
+    if not set(maskers) <= set(kinds):
+        raise ConfigError(f"bench step: --maskers takes masker kinds from {', '.join(kinds)}")
+    todo = cases(cfg, n_masks, schemes, maskers)
     for case in todo:  # build, and measure memory on the first (untimed) step
         gc.collect()
         window = MemoryWindow(device).open()
@@ -151,6 +163,7 @@ def bench_step(
         rows.append(
             {
                 "masking": case.masking,
+                "masker": case.masker,
                 "n_masks": case.n_masks,
                 "schedule": case.schedule,
                 "images_per_s": batch / seconds,
@@ -164,7 +177,8 @@ def bench_step(
         same = {
             r["schedule"]: r["images_per_s"]
             for r in rows
-            if (r["masking"], r["n_masks"]) == (row["masking"], row["n_masks"])
+            if (r["masking"], r["masker"], r["n_masks"])
+            == (row["masking"], row["masker"], row["n_masks"])
         }
         row["cost_vs_plain"] = plain / row["images_per_s"]
         row["speedup_vs_reference"] = row["images_per_s"] / same.get("reference", float("nan"))
@@ -187,7 +201,7 @@ def format_step_table(rows: list[dict[str, Any]]) -> str:
         "cost = time per step / plain step; speed-up = images/s / the reference's (or fast's)"
     )
     header = (
-        f"{'masking':10s} {'N':>2s} {'schedule':11s} {'images/s':>9s} {'s/step':>7s} "
+        f"{'masking':10s} {'masker':6s} {'N':>2s} {'schedule':11s} {'images/s':>9s} {'s/step':>7s} "
         f"{'cost':>6s} {'vs ref':>7s} {'vs fast':>7s} {'peak MB':>8s}"
     )
     lines = [what, how, "", header]
@@ -197,7 +211,8 @@ def format_step_table(rows: list[dict[str, Any]]) -> str:
         vs_ref = "-" if plain else f"{r['speedup_vs_reference']:.2f}x"
         vs_fast = "-" if plain else f"{r['speedup_vs_fast']:.2f}x"
         lines.append(
-            f"{r['masking']:10s} {r['n_masks'] or '-':>2} {'-' if plain else r['schedule']:11s} "
+            f"{r['masking']:10s} {r['masker']:6s} {r['n_masks'] or '-':>2} "
+            f"{'-' if plain else r['schedule']:11s} "
             f"{r['images_per_s']:9.1f} {r['seconds_per_step']:7.3f} {r['cost_vs_plain']:5.2f}x "
             f"{vs_ref:>7s} {vs_fast:>7s} {peak:>8s}"
         )

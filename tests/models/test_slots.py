@@ -273,3 +273,20 @@ def test_cli_run_and_mask_evaluation_work_unchanged(tmp_path, capsys):
     assert result["sources"]["untrained"]["mbo"] == pytest.approx(summary["mask_mbo_untrained"])
     for key in ("image_variation", "image_variation_argmax"):
         assert result["sources"]["trained"][key] == pytest.approx(summary[f"mask_{key}"])
+
+
+def test_bench_step_times_both_maskers_round_robin(capsys):
+    args = ["--json", "--masks", "2", "--repeats", "1", "--maskers", "unet,slots"]
+    assert main(["bench", "step", *args, *TINY]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    learned = [("adios-s", 2)] * 3 + [("adios", 2)] * 3
+    expected = [("none", "-", 0)] + [(m, kind, n) for kind in ("unet", "slots")
+                                     for m, n in learned]
+    assert [(r["masking"], r["masker"], r["n_masks"]) for r in rows] == expected
+    for row in rows[1:]:  # speed-ups compare rows of the same masker only
+        reference = next(r for r in rows if r["schedule"] == "reference"
+                         and (r["masking"], r["masker"]) == (row["masking"], row["masker"]))
+        ratio = row["images_per_s"] / reference["images_per_s"]
+        assert row["speedup_vs_reference"] == pytest.approx(ratio)
+    assert main(["bench", "step", "--maskers", "transformer", *TINY]) == 2
+    assert "--maskers" in capsys.readouterr().err
