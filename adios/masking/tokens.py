@@ -36,14 +36,12 @@ masker's rewards are recomputed by the updated, frozen encoder (one forward pass
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adios.data.augment import normalize
 from adios.masking.adios import frozen
 from adios.objectives.losses import nt_xent
 from adios.objectives.mae import MAE, hidden_patches
@@ -103,6 +101,15 @@ def diversity_penalty(scores: Tensor) -> Tensor:
     log L when every image puts all its weight on the same one."""
     mean = scores.float().softmax(dim=1).mean(dim=0)
     return (mean * (mean * mean.numel()).clamp_min(UNIFORM_EPS).log()).sum()
+
+
+def masker_objective(scores: Tensor, keep: Tensor, rewards: Tensor,
+                     diversity: float) -> tuple[Tensor, Tensor]:
+    """What the masker minimises: minus the score-function surrogate of its draws' rewards,
+    plus ``diversity`` times :func:`diversity_penalty`; and the penalty."""
+    penalty = diversity_penalty(scores)
+    surrogate = score_function_surrogate(plackett_luce_log_prob(scores, keep), rewards)
+    return -surrogate + diversity * penalty, penalty
 
 
 def token_losses(objective: nn.Module, a: Tensor, b: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
@@ -176,10 +183,9 @@ def token_step(
         else:
             with frozen(objective), torch.no_grad(), amp:
                 rewards, _ = token_losses(objective, a, b, keep)
-        surrogate = score_function_surrogate(plackett_luce_log_prob(scores, keep), rewards)
-        penalty = diversity_penalty(scores)
+        loss, penalty = masker_objective(scores, keep, rewards, cfg.masking.token_diversity)
         masker_opt.zero_grad(set_to_none=True)
-        backward(-surrogate + cfg.masking.token_diversity * penalty, scaler)
+        backward(loss, scaler)
         optimizer_step(masker_opt, scaler)
         stats.update(adv_loss=rewards.float().mean().item(), diversity_kl=penalty.item())
     if scaler is not None:
@@ -208,44 +214,29 @@ def hidden_on_objects(cover: Tensor, keep: Tensor) -> Tensor:
     return (cover * hidden).sum(1) / hidden.sum(1)
 
 
-@torch.no_grad()
-def token_mask_report(
-    masker: nn.Module,
-    images: Tensor,
-    instances: Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
-    keep_ratio: float,
-    seed: int,
-    device: torch.device,
-    batch_size: int = 256,
-) -> tuple[dict[str, float], Tensor]:
-    """Where the hidden patches go on held-out scenes: share of hidden area on objects for the
-    masker's sampled sets (what the encoder trains on) and its top-k sets, against uniform
-    random sets (the expected share, i.e. the mean object cover of all patches); and the
-    sampled sets' hidden-pixel masks (B, 1, H, W) for a picture."""
-    generator = torch.Generator().manual_seed(seed)
-    grid = masker.grid
-    k = keep_count(grid * grid, keep_ratio)
-    sampled, top, uniform, masks = [], [], [], []
-    was_training = masker.training
-    masker.eval()
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start : start + batch_size].to(device), mean, std)
-        scores = masker(x).float()
-        cover = patch_object_cover(instances[start : start + batch_size].to(device), grid)
-        keep = gumbel_top_k(scores, k, generator)
-        sampled.append(hidden_on_objects(cover, keep))
-        top.append(hidden_on_objects(cover, scores.topk(k, dim=1).indices))
-        uniform.append(cover.mean(1))
-        masks.append(hidden_pixels(keep, grid, images.shape[-1]).cpu())
-    masker.train(was_training)
+def draw_visible(scores: Tensor, keep_ratio: float, seed: int) -> Tensor:
+    """Evaluation draws: ``keep_ratio`` of the patches by Gumbel top-k from a seeded generator,
+    the distribution the encoder trains on."""
+    k = keep_count(scores.shape[1], keep_ratio)
+    return gumbel_top_k(scores, k, torch.Generator().manual_seed(seed))
+
+
+def hidden_on_objects_report(scores: Tensor, instances: Tensor, keep_ratio: float,
+                             seed: int) -> dict[str, float]:
+    """Where the hidden patches go on scenes with instance maps (B, H, W): the share of the
+    hidden patches' area on objects for the masker's sampled draws (what the encoder trains on)
+    and for its top-k (its favourite tokens kept), against uniform random draws, whose
+    expected share is the mean object cover of all patches."""
+    grid = math.isqrt(scores.shape[1])
+    cover = patch_object_cover(instances.to(scores.device), grid)
+    k = keep_count(scores.shape[1], keep_ratio)
     report = {
-        "token_hidden_on_objects": torch.cat(sampled).mean().item(),
-        "token_hidden_on_objects_topk": torch.cat(top).mean().item(),
-        "token_hidden_on_objects_random": torch.cat(uniform).mean().item(),
-        "token_keep": float(k),
+        "token_hidden_on_objects": hidden_on_objects(
+            cover, draw_visible(scores, keep_ratio, seed)).mean().item(),
+        "token_hidden_on_objects_topk": hidden_on_objects(
+            cover, scores.topk(k, dim=1).indices).mean().item(),
+        "token_hidden_on_objects_random": cover.mean().item(),
     }
     if not all(math.isfinite(v) for v in report.values()):
         raise FloatingPointError(f"token mask report is not finite: {report}")
-    return report, torch.cat(masks)
+    return report
