@@ -28,27 +28,23 @@ image-independent pattern that always hurts, like the stripes a free pixel maske
 masker pays ``token_diversity * KL(mean_i softmax(s_i) || uniform)``: the batch-mean selection
 distribution must stay spread over the grid, while each image may still concentrate its own.
 
-Schedules: ``fast`` (default) alternates like :mod:`adios.masking.adios`: encoder step, then the
-masker's rewards are recomputed by the updated, frozen encoder (one forward pass, no backward);
-``single-pass`` rewards the masker with the encoder step's own losses (no extra pass).
+The step (:func:`adios.engine.token_train_step`) draws the visible tokens, steps the encoder,
+then the masker. Schedules: ``fast`` (default) alternates like :mod:`adios.masking.adios`: the
+masker's rewards are the losses of the same draws recomputed by the updated, frozen encoder (one
+forward pass, no backward); ``single-pass`` rewards it with the encoder step's own losses (no
+extra pass, the two players moving on the same numbers).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adios.masking.adios import frozen
 from adios.objectives.losses import nt_xent
 from adios.objectives.mae import MAE, hidden_patches
-from adios.perf import autocast, backward, optimizer_step
-
-if TYPE_CHECKING:
-    from adios.config import Config
 
 TOKEN_MODES = ("token-random", "token-adios")
 TOKEN_OBJECTIVES = ("simclr", "mae")
@@ -125,72 +121,6 @@ def token_losses(objective: nn.Module, a: Tensor, b: Tensor, keep: Tensor) -> tu
                       reduction="none")
     batch = a.shape[0]
     return 0.5 * (anchors[:batch] + anchors[batch:]), out_a["h"]
-
-
-def token_scores(cfg: Config, masker: nn.Module | None, b: Tensor, num_patches: int) -> Tensor:
-    """The masker's keep scores of view ``b``, or zeros (uniform draws) for token-random."""
-    if masker is None:
-        return b.new_zeros(b.shape[0], num_patches, dtype=torch.float32)
-    return masker(b)
-
-
-def token_step(
-    cfg: Config,
-    models: Any,
-    encoder_opt: torch.optim.Optimizer,
-    masker_opt: torch.optim.Optimizer | None,
-    a: Tensor,
-    b: Tensor,
-    labels: Tensor | None,
-    generator: torch.Generator,
-    *,
-    scaler: torch.amp.GradScaler | None = None,
-) -> dict[str, float]:
-    """One round: the encoder minimises the loss on the drawn visible tokens, then (token-adios)
-    the masker ascends the score-function estimate of the same loss, minus its diversity
-    penalty, with the encoder frozen (``fast``) or on the encoder step's losses
-    (``single-pass``). ``models`` is :class:`adios.train.Models`."""
-    if models.replicas is not None:
-        raise NotImplementedError("token masking modes do not support torchrun (DDP) yet")
-    objective, masker, probe = models.objective, models.masker, models.probe
-    backbone = objective.backbone
-    k = keep_count(backbone.num_patches, cfg.masking.keep_ratio)
-    amp = autocast(cfg.train.precision, a.device)
-    with amp:
-        scores = token_scores(cfg, masker, b, backbone.num_patches)  # graph kept for the masker
-    keep = gumbel_top_k(scores, k, generator)
-
-    with amp:
-        per_image, features = token_losses(objective, a, b, keep)
-        loss = per_image.float().mean()
-        total = loss
-        if probe is not None and labels is not None:
-            logits = probe(features.detach())
-            known = (labels >= 0).sum().clamp_min(1)
-            probe_loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / known
-            total = total + probe_loss
-    stats = {"loss": loss.item(), "kept_tokens": float(k)}
-    if probe is not None and labels is not None:
-        stats["probe_loss"] = probe_loss.item()
-        stats["probe_acc"] = ((logits.argmax(1) == labels).sum() / known).item()
-    encoder_opt.zero_grad(set_to_none=True)
-    backward(total, scaler)
-    optimizer_step(encoder_opt, scaler)
-
-    if masker is not None and masker_opt is not None:
-        if cfg.masking.schedule == "single-pass":
-            rewards = per_image.detach()
-        else:
-            with frozen(objective), torch.no_grad(), amp:
-                rewards, _ = token_losses(objective, a, b, keep)
-        loss, penalty = masker_objective(scores, keep, rewards, cfg.masking.token_diversity)
-        masker_opt.zero_grad(set_to_none=True)
-        backward(loss, scaler)
-        optimizer_step(masker_opt, scaler)
-        stats.update(adv_loss=rewards.float().mean().item(), diversity_kl=penalty.item())
-    if scaler is not None:
-        scaler.update()
-    return stats
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -4,22 +4,22 @@ counts in the step, and the game's sign."""
 
 import itertools
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 import adios.masking.tokens as tokens
 from adios.config import load_config
+from adios.engine import Models, token_train_step
 from adios.masking.tokens import (
     diversity_penalty,
     gumbel_top_k,
+    hidden_on_objects_report,
     keep_count,
     leave_one_out_advantage,
     plackett_luce_log_prob,
     score_function_surrogate,
     token_losses,
-    token_step,
 )
 from adios.models.token_masker import TokenMasker
 from adios.models.vit import ViTBackbone
@@ -172,8 +172,7 @@ def tiny_models(objective: str, learned: bool):
     else:
         model = SimCLR(backbone, proj_hidden=16, proj_out=8, temperature=0.2)
     masker = TokenMasker(16, 4, dim=16, heads=2) if learned else None
-    return SimpleNamespace(objective=model, masker=masker, probe=torch.nn.Linear(16, 3),
-                           replicas=None)
+    return Models(model, masker, torch.nn.Linear(16, 3))
 
 
 def fixed_batch(n=16):
@@ -196,7 +195,7 @@ def test_step_keeps_exactly_the_configured_tokens(objective, mode):
     masker_opt = torch.optim.SGD(models.masker.parameters(), lr=0.1) if models.masker else None
     before = [p.detach().clone() for p in models.objective.backbone.parameters()]
     a, b, labels = fixed_batch()
-    stats = token_step(cfg, models, encoder_opt, masker_opt, a, b, labels,
+    stats = token_train_step(cfg, models, encoder_opt, masker_opt, a, b, labels,
                        torch.Generator().manual_seed(0))
     kept = round(0.3 * 16)
     assert stats["kept_tokens"] == kept and math.isfinite(stats["loss"])
@@ -216,7 +215,7 @@ def test_single_pass_reuses_the_encoder_steps_losses():
     models.objective.backbone.encoder.layers.register_forward_pre_hook(
         lambda _, args: lengths.append(args[0].shape[1]))
     a, b, labels = fixed_batch()
-    stats = token_step(cfg, models, torch.optim.SGD(models.objective.parameters(), lr=0.1),
+    stats = token_train_step(cfg, models, torch.optim.SGD(models.objective.parameters(), lr=0.1),
                        torch.optim.SGD(models.masker.parameters(), lr=0.1), a, b, labels,
                        torch.Generator().manual_seed(0))
     assert len(lengths) == 2 and stats["adv_loss"] == pytest.approx(stats["loss"])
@@ -247,7 +246,27 @@ def test_the_maskers_update_raises_the_encoders_loss(sign, monkeypatch):
     masker_opt = torch.optim.Adam(models.masker.parameters(), lr=0.03)
     before = expected_loss(models, a, b)
     for step in range(15):
-        token_step(cfg, models, encoder_opt, masker_opt, a, b, labels,
+        token_train_step(cfg, models, encoder_opt, masker_opt, a, b, labels,
                    torch.Generator().manual_seed(step))
     after = expected_loss(models, a, b)
     assert (after - before) * sign > 0.01
+
+
+# ----------------------------------------------------------------------------- where they go
+
+
+def test_hidden_on_objects_report_against_hand_computed_shares():
+    """A 16 px scene on a 4 x 4 grid: object 1 covers the top row of patches, object 2 half of
+    patch 5 (rows 4-7, columns 4-5). Scores that keep the background hide exactly the objects."""
+    instances = torch.zeros(1, 16, 16, dtype=torch.long)
+    instances[0, :4, :] = 1
+    instances[0, 4:8, 4:6] = 2
+    cover = torch.zeros(16)
+    cover[:4], cover[5] = 1.0, 0.5
+    scores = torch.where(cover > 0, -30.0, 30.0).unsqueeze(0)  # keep the 11 background patches
+    report = hidden_on_objects_report(scores, instances, keep_ratio=11 / 16, seed=0)
+    assert report["token_hidden_on_objects_topk"] == pytest.approx(4.5 / 5)
+    assert report["token_hidden_on_objects"] == pytest.approx(4.5 / 5)  # draws are near-certain
+    assert report["token_hidden_on_objects_random"] == pytest.approx(4.5 / 16)
+    flipped = hidden_on_objects_report(-scores, instances, keep_ratio=5 / 16, seed=0)
+    assert flipped["token_hidden_on_objects_topk"] == pytest.approx(0.0)  # objects all kept
