@@ -210,6 +210,11 @@ def _token_ratios(rows: list[dict[str, Any]]) -> None:
         row["speedup_vs_adios_s"] = row["images_per_s"] / adios_s
 
 
+def _times(ratio: float | None) -> str:
+    """``1.23x``, or ``-`` where a row has no such ratio (no masker, or a schedule not timed)."""
+    return "-" if ratio is None or math.isnan(ratio) else f"{ratio:.2f}x"
+
+
 def format_step_table(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     load = first["load_average_1min"]
@@ -233,8 +238,8 @@ def format_step_table(rows: list[dict[str, Any]]) -> str:
         plain = r["masking"] not in LEARNED  # no masker: schedules do not apply
         scheduled = not plain or r["masking"] == "token-adios"
         peak = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
-        vs_ref = "-" if plain else f"{r['speedup_vs_reference']:.2f}x"
-        vs_fast = "-" if plain else f"{r['speedup_vs_fast']:.2f}x"
+        vs_ref = _times(None if plain else r["speedup_vs_reference"])
+        vs_fast = _times(None if plain else r["speedup_vs_fast"])
         lines.append(
             f"{r['masking']:12s} {r['n_masks'] or '-':>2} "
             f"{r['schedule'] if scheduled else '-':11s} "
@@ -250,6 +255,6 @@ def format_step_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"  {r['masking']:12s} {r['schedule'] if r['masking'] == 'token-adios' else '-':11s} "
             f"{r['cost_vs_token_random']:5.2f}x token-random, "
-            + ("no ADIOS-s row" if math.isnan(vs_adios_s) else f"{vs_adios_s:5.2f}x ADIOS-s")
+            + ("no ADIOS-s row" if math.isnan(vs_adios_s) else f"{_times(vs_adios_s):>6s} ADIOS-s")
         )
     return "\n".join(lines)
