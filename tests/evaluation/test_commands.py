@@ -109,7 +109,8 @@ def test_exported_encoder_gives_the_same_numbers_and_data_overrides_get_their_ow
 @pytest.fixture(scope="module")
 def blurred_run_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("eval") / "blurred"
-    assert main(["train", f"run_dir={path}", *TINY, "masker.blur_sigma=1.0", "train.epochs=1"]) == 0
+    small = ["data.num_train=16", "optim.batch_size=8", "train.knn_bank=16", "train.epochs=1"]
+    assert main(["train", f"run_dir={path}", *TINY, *small, "masker.blur_sigma=1.0"]) == 0
     return path
 
 
