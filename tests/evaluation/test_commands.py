@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 from adios.cli import main
 from adios.config import load_config
 from adios.data.datasets import load_dataset
+from adios.engine import build_models
 from adios.evaluation.commands import _evaluation_base, load_setup
 from adios.evaluation.features import extract_features
 from adios.evaluation.knn import KNN_KS, knn_accuracy
 from adios.models import build_backbone
-from adios.train import build_models
 
 TINY = [
     "preset=shapes-paper",  # a base that does not move when the default preset is tuned
@@ -110,22 +110,11 @@ def test_exported_encoder_gives_the_same_numbers_and_data_overrides_get_their_ow
 def blurred_run_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("eval") / "blurred"
     small = ["data.num_train=16", "optim.batch_size=8", "train.knn_bank=16", "train.epochs=1"]
-    assert main(["train", f"run_dir={path}", *TINY, *small, "masker.blur_sigma=1.0"]) == 0
+    assert main(["train", f"run_dir={path}", *TINY, *small, "masker.blur_sigma=1.5"]) == 0
     return path
 
 
-@pytest.mark.parametrize(
-    "blur_sigma",
-    [
-        0.0,
-        pytest.param(
-            1.0,
-            marks=pytest.mark.xfail(
-                strict=True, reason="issue 10: evaluation rebuilds the masker without blur_sigma"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("blur_sigma", [0.0, 1.5])
 def test_mask_evaluation_reproduces_the_runs_summary_with_its_own_initial_masker(
     request, blur_sigma
 ):
@@ -181,15 +170,3 @@ def test_another_dataset_name_does_not_inherit_the_runs_split_sizes():
     assert _evaluation_base(saved, ["data.name=cifar10"])["data"] == {"image_size": 48}
     assert _evaluation_base(saved, ["data.name=shapes", "data.seed=2"]) is saved
     assert _evaluation_base(saved, ["data.num_train=10"]) is saved
-
-
-def test_eval_masks_reproduces_the_summary_of_a_run_with_blurred_masks(tmp_path):
-    """The evaluated masker is the trained one, blur included: its scores are the summary's."""
-    path = tmp_path / "blurred"
-    assert main(["train", f"run_dir={path}", *TINY, "train.epochs=1", "masker.blur_sigma=1.5"]) == 0
-    assert main(["eval", "masks", str(path)]) == 0
-    summary, sources = read(path / "summary.json"), read(path / "eval_masks.json")["sources"]
-    pairs = (("trained", ""), ("untrained", "_untrained"), ("random_blobs", "_random"))
-    for source, suffix in pairs:
-        assert sources[source]["fg_ari"] == pytest.approx(summary[f"mask_fg_ari{suffix}"], abs=1e-6)
-        assert sources[source]["mbo"] == pytest.approx(summary[f"mask_mbo{suffix}"], abs=1e-6)
