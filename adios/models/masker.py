@@ -174,13 +174,20 @@ class OcclusionModel(nn.Module):
 
 
 def build_masker(cfg: Config) -> nn.Module:
-    """The masker ``cfg`` describes (``masker.kind``: the U-Net or the slot-attention masker),
-    for training and for evaluation alike (one place, so that an evaluated masker is the trained
-    one: the same kind, blur, norm and width)."""
-    from adios.models.slots import SlotMasker  # it builds on this module's conv_block
-
+    """The masker ``cfg`` describes, for training and for evaluation alike (one place, so that
+    an evaluated masker is the trained one: the same kind, blur, norm and width). ``token-adios``:
+    the token masker over the ViT's patch grid; ``masker.kind=slots``: the slot-attention
+    masker (docs/slots.md)."""
     m = cfg.masker
+    if cfg.masking.mode == "token-adios":
+        from adios.models.token_masker import TokenMasker
+        from adios.models.vit import patch_size_for
+
+        size = cfg.data.image_size
+        return TokenMasker(size, patch_size_for(size), dim=m.token_dim, heads=m.token_heads)
     if m.kind == "slots":
+        from adios.models.slots import SlotMasker  # it builds on this module's conv_block
+
         return SlotMasker(cfg.data.image_size, m.n_masks, fbase=m.fbase, norm=m.norm,
                           slot_dim=m.slot_dim, iters=m.slot_iters, stride=m.slot_stride)
     return OcclusionModel(

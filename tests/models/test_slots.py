@@ -162,9 +162,10 @@ def test_config_builds_each_kind_and_checks_slot_options():
     assert (model.n_masks, model.slot_dim, model.iters, model.stride) == (3, 16, 2, 4)
     for bad, key in (("masker.slot_stride=3", "slot_stride"),
                      ("masker.blur_sigma=1.0", "blur_sigma"),
-                     ("masker.slot_iters=0", "slot_iters")):
+                     ("masker.slot_iters=0", "slot_iters"),
+                     ("masking.mode=token-adios model.backbone=vit_tiny", "masker.kind")):
         with pytest.raises(ConfigError, match=key):
-            load_config([*TINY, bad])
+            load_config([*TINY, *bad.split()])
 
 
 def test_slots_preset_is_the_default_preset_with_the_slot_masker():
