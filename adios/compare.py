@@ -45,11 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from matplotlib.figure import Figure
 
 from adios.checkpoint import RunDirError, write_json
-from adios.config import Config, ConfigError, load_config, preset_names, to_dict
+from adios.config import Config, ConfigError, load_config, preset_names, read_yaml, to_dict
 from adios.data.datasets import load_dataset, to_device, training_batches
 from adios.evaluation.figures import save
 from adios.masking.schemes import SCHEMES, fixed_scheme, views_with_objects
@@ -204,7 +203,7 @@ def load_grid(path: Path, output: Path | None = None) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"grid: no such file {path}")
-    return parse_grid(yaml.safe_load(path.read_text()), str(path), output)
+    return parse_grid(read_yaml(path, "grid file"), str(path), output)
 
 
 def cells(grid: Grid) -> list[Cell]:
@@ -367,7 +366,7 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
     cfg = cell_config(grid, cell, budget_epochs(grid, cell, extra, say), extra)
     saved_path = run_dir / "config.yaml"
     if state in ("resume", "evaluate") and saved_path.is_file():
-        saved = yaml.safe_load(saved_path.read_text())
+        saved = read_yaml(saved_path, "config.yaml")
         if _comparable(saved) != _comparable(to_dict(cfg)):
             raise RunDirError(
                 f"{run_dir} was made with another configuration than the grid now "

@@ -15,8 +15,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int = 0) -> None:
         self.path = run_dir / METRICS
         if resume_step and self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line]
-            kept = [r for r in rows if r.get("step", 0) <= resume_step]
+            kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run
         from torch.utils.tensorboard import SummaryWriter
@@ -42,8 +41,16 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    """The logged rows; a line cut short by a killed process is skipped."""
+    rows = []
+    for line in (Path(run_dir) / METRICS).read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 class NullLog:

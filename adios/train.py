@@ -19,15 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from adios.checkpoint import (
-    RunDirError,
-    export_safetensors,
-    load_checkpoint,
-    prepare_run_dir,
-    save_atomic,
-    write_json,
-)
-from adios.config import Config, save_config, to_dict
+from adios.checkpoint import export_safetensors, load_optimizer_state, load_state, write_json
+from adios.config import Config, to_dict
 from adios.data.augment import TwoViewAugment
 from adios.data.datasets import (
     Dataset,
@@ -46,6 +39,7 @@ from adios.distributed import (
     shard,
 )
 from adios.distributed import setup as setup_distributed
+from adios.errors import ConfigError, NonFiniteError, RunDirError
 from adios.evaluation.features import extract_features, predict_masks
 from adios.evaluation.knn import knn_accuracy
 from adios.evaluation.mask_metrics import mask_quality
@@ -67,6 +61,7 @@ from adios.perf import (
     peak_memory_mb,
     use_channels_last,
 )
+from adios.rundir import open_run_dir
 from adios.runlog import MetricsLog, NullLog
 from adios.viz import mask_figure
 
@@ -89,7 +84,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
+        raise ConfigError("train.device: cuda, but no CUDA device is available; use auto or cpu")
     return torch.device(name)
 
 
@@ -99,6 +94,16 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def build_models(cfg: Config, num_classes: int | None, device: torch.device) -> Models:
+    """The players; a configuration they cannot be built with is a ConfigError."""
+    try:
+        return _build_models(cfg, num_classes, device)
+    except (ValueError, TypeError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"model: {err}") from None
+
+
+def _build_models(cfg: Config, num_classes: int | None, device: torch.device) -> Models:
     backbone = build_backbone(
         cfg.model.backbone, cfg.data.image_size, width=cfg.model.width, stem=cfg.model.stem
     )
@@ -281,12 +286,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     env, device = setup_distributed(device)
     check_precision(cfg.train.precision, device)
     check_batch_size(cfg.optim.batch_size, env)
-    run_dir = from_main(env, lambda: prepare_run_dir(cfg, resume=resume, overwrite=overwrite))
-    cfg.run_dir = str(run_dir)
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT) if resume else None
     main = env.is_main
-    if not resume and main:
-        save_config(cfg, run_dir / "config.yaml")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     say = (lambda msg: tqdm.write(msg)) if cfg.train.progress and main else (lambda msg: None)
@@ -294,6 +294,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     # ---- data: uint8 tensors on the device, augmented there in batches
     dataset = load_dataset(cfg.data, bank_size=cfg.train.knn_bank,
                            progress=cfg.train.progress and main)
+    n_train = len(dataset.train_files) if dataset.train_files is not None else len(dataset.train)
+    if cfg.optim.batch_size > n_train:
+        raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is more than the {n_train} "
+                          f"training images; lower it or use more images (data.num_train)")
     train_split, val_split = to_device(dataset.train, device), to_device(dataset.val, device)
     labelled = train_split.labels is not None
     augment = TwoViewAugment(cfg.augment.view_a, cfg.augment.view_b, cfg.data.image_size,
@@ -316,15 +320,25 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     mask_warmup_steps = (warmup_steps if mask_warmup is None
                          else round(mask_warmup * steps_per_epoch))
 
+    # ---- the run directory: only now that everything above is valid
+    run = from_main(env, lambda: open_run_dir(cfg, resume=resume, overwrite=overwrite))
+    run_dir = run.path
+    cfg.run_dir = str(run_dir)
+    checkpoint = run.load_checkpoint() if run.resume else None
+    if checkpoint is not None:
+        from_main(env, lambda: run.reconcile(cfg, checkpoint))
+    elif main:
+        run.write_config(cfg)
     start_epoch = 0
     if checkpoint is not None:
-        models.objective.load_state_dict(checkpoint["objective"])
+        source = str(run_dir / CHECKPOINT)
+        load_state(models.objective, checkpoint["objective"], source)
         if models.masker is not None:
-            models.masker.load_state_dict(checkpoint["masker"])
-            masker_opt.load_state_dict(checkpoint["masker_opt"])
+            load_state(models.masker, checkpoint.get("masker") or {}, source)
+            load_optimizer_state(masker_opt, checkpoint.get("masker_opt") or {}, source)
         if models.probe is not None:
-            models.probe.load_state_dict(checkpoint["probe"])
-        encoder_opt.load_state_dict(checkpoint["encoder_opt"])
+            load_state(models.probe, checkpoint.get("probe") or {}, source)
+        load_optimizer_state(encoder_opt, checkpoint["encoder_opt"], source)
         init = checkpoint["init"]
         start_epoch = checkpoint["epoch"]
         say(f"resuming {run_dir} after epoch {start_epoch}")
@@ -365,7 +379,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
                                objects, scaler=scaler)
             models.objective.after_encoder_step(step, total_steps)
             if not all(math.isfinite(v) for v in stats.values() if isinstance(v, float)):
-                raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
+                raise NonFiniteError(f"training diverged: non-finite loss at step {step} "
+                                     f"({_postfix(stats)}); {run.intact()}")
+            if (step + 1) % cfg.train.finite_every == 0:
+                run.check_finite({"encoder": models.objective, "masker": models.masker}, step + 1)
             stats["images_per_s"] = (images.shape[0] * env.world_size
                                      / (time.perf_counter() - tick))
             tick = time.perf_counter()
@@ -400,9 +417,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
         if main:
-            save_atomic(state, run_dir / CHECKPOINT)
+            run.save_checkpoint(state)
         if stop_after_epoch is not None and done >= stop_after_epoch and done < cfg.train.epochs:
             log.close()
+            run.release()
             say(f"stopped after epoch {done}; continue with: adios train --resume {run_dir}")
             return run_dir
 
@@ -415,9 +433,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     summary = summarize(cfg, models, init, dataset, device, run_dir)
     summary.update(wall_s=time.time() - started, seed=cfg.seed, epochs=cfg.train.epochs,
                    steps=total_steps, run_dir=str(run_dir), peak_mem_mb=peak_memory_mb(device),
-                   processes=env.world_size)
+                   processes=env.world_size, resumes=run.resumes)
     write_json(summary, run_dir / "summary.json")
     log.close()
+    run.release()
     return run_dir
 
 
