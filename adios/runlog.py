@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from adios.checkpoint import write_text
+
 METRICS = "metrics.jsonl"
 
 
@@ -16,7 +18,8 @@ class MetricsLog:
         self.path = run_dir / METRICS
         if resume_step and self.path.exists():
             kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            # atomically: a kill now must not lose the rows (tests/test_checkpoint.py)
+            write_text("".join(json.dumps(r) + "\n" for r in kept), self.path)
         self.file = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run
         from torch.utils.tensorboard import SummaryWriter
 
