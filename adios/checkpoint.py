@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import pickle
 import re
 import secrets
 import signal
@@ -175,10 +176,13 @@ def load_checkpoint(path: Path, required: Iterable[str] = ("epoch", "objective")
     except FileNotFoundError:
         raise RunDirError(f"{path}: no such checkpoint") from None
     except Exception as err:  # torch raises many kinds for a broken or hostile file
-        reason = " ".join(str(err).split()).partition(" Check the documentation")[0]
+        if isinstance(err, pickle.UnpicklingError):
+            reason = "it holds objects other than tensors and plain data, refused unread"
+        else:
+            reason = " ".join(str(err).split()).partition(". ")[0] or type(err).__name__
         raise RunDirError(
-            f"{path}: not a readable adios checkpoint ({type(err).__name__}: {reason:.200}); "
-            f"it is truncated, empty or not ours: restore it, or start the run again"
+            f"{path}: not a readable adios checkpoint ({reason:.200}); it is truncated, empty "
+            f"or not ours: restore it, or start the run again"
         ) from None
     if not isinstance(state, dict):
         raise RunDirError(f"{path}: not an adios checkpoint (expected a dict of states)")

@@ -89,8 +89,17 @@ def _bench_step(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the one-line form of every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.removeprefix("adios").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"adios: error: {where}{message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="adios", description="Adversarial masked-image self-supervised learning (ADIOS). "
         "Errors are one line (exit status 2); add --debug to any command for the traceback."
     )

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from adios.checkpoint import read_json
 from adios.config import read_yaml
+from adios.errors import RunDirError
 from adios.evaluation.figures import (
     curve_panels,
     curves_figure,
@@ -58,7 +59,7 @@ class RunRecord:
         run_dir = Path(run_dir)
         config_path = run_dir / "config.yaml"
         if not config_path.is_file():
-            raise FileNotFoundError(f"{run_dir} is not a run directory: it holds no config.yaml")
+            raise RunDirError(f"{run_dir} is not a run directory: it holds no config.yaml")
         summary_path = run_dir / "summary.json"
         metrics = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
         evals = {p.stem: read_json(p) for p in sorted(run_dir.glob("eval_*.json"))}
