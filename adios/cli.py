@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from adios.config import describe, load_config, preset_names, read_preset, to_dict
-from adios.errors import AdiosError, ConfigError
+from adios.errors import AdiosError, ConfigError, NonFiniteError
 
 OVERRIDES_HELP = (
     "preset=NAME and dotted overrides KEY=VALUE, e.g. preset=shapes-simclr-adios optim.lr=0.3 "
@@ -84,7 +84,8 @@ def _bench_step(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--masks: expected numbers like 4,6, got {args.masks!r}") from None
     rows = bench_step(load_config(args.overrides), steps=args.steps, warmup=args.warmup,
-                      repeats=args.repeats, n_masks=n_masks)
+                      repeats=args.repeats, n_masks=n_masks,
+                      schemes=tuple(w for w in args.schemes.split(",") if w))
     print(json.dumps(rows) if args.json else format_step_table(rows))
     return 0
 
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.add_argument("--masks", default="4,6", metavar="N,N",
                    help="numbers of masks for full ADIOS (default 4,6; ADIOS-s uses the first)")
+    p.add_argument("--schemes", default="", metavar="NAME,NAME",
+                   help="fixed masking schemes to time too: mae, beit, rectangles, oracle "
+                   "(random object layers; default none)")
     p.add_argument("--steps", type=int, default=1, metavar="N",
                    help="timed steps per configuration and round (default 1)")
     p.add_argument("--repeats", type=int, default=3, metavar="N",
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = args.overrides + extra
-    from adios.rundir import interrupted, release_active
+    from adios.rundir import active_note, interrupted, release_active
 
     previous = None
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -316,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - every failure is one line unless --debug
         if debug:
             traceback.print_exc()
-        print(f"adios: error: {_message(err)}", file=sys.stderr)
+        note = active_note() if isinstance(err, NonFiniteError) else ""  # what is intact
+        print(f"adios: error: {_message(err)}{note}", file=sys.stderr)
         return 2 if isinstance(err, AdiosError | OSError) else 1
     finally:
         release_active()

@@ -20,9 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from adios.checkpoint import write_text
-from adios.data.augment import ViewConfig
-from adios.data.scenes import SceneConfig
+from adios.config_data import SceneConfig, ViewConfig
 from adios.errors import ConfigError
 
 DEFAULT_PRESET = "shapes-simclr-adios"
@@ -442,11 +440,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-def save_config(cfg: Config, path: Path) -> str:
-    """Write config.yaml atomically; returns the text written."""
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    write_text(text, path)
-    return text
+def config_yaml(cfg: Config) -> str:
+    """The text of a run's config.yaml (adios.rundir writes it, atomically)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[str]:

@@ -32,8 +32,8 @@ from typing import Any
 
 from torch import nn
 
-from adios.checkpoint import is_temporary, load_checkpoint, nonfinite, save_atomic
-from adios.config import Config, ConfigError, load_config, read_yaml, save_config, to_dict
+from adios.checkpoint import is_temporary, load_checkpoint, nonfinite, save_atomic, write_text
+from adios.config import Config, ConfigError, config_yaml, load_config, read_yaml, to_dict
 from adios.errors import NonFiniteError, RunDirError
 
 MARKER = ".adios-run"
@@ -102,7 +102,8 @@ class RunDir:
 
     def write_config(self, cfg: Config) -> None:
         """config.yaml, atomically; its hash goes into every later checkpoint."""
-        text = save_config(cfg, self.path / CONFIG)
+        text = config_yaml(cfg)
+        write_text(text, self.path / CONFIG)
         self.config_sha256 = hashlib.sha256(text.encode()).hexdigest()
 
     def load_checkpoint(self) -> dict[str, Any]:
@@ -257,9 +258,12 @@ def resume_config(path: Path, overrides: list[str]) -> Config:
 def interrupted(signal_name: str) -> str:
     """The truthful line for an interrupt: which checkpoint is intact, or that there is none."""
     what = "interrupted" if signal_name == "SIGINT" else f"stopped by {signal_name}"
-    if _active is None:
-        return f"{what}"
-    return f"{what}; {_active.intact()}"
+    return what + active_note()
+
+
+def active_note() -> str:
+    """``; <what is intact>`` of the run this process holds, or nothing."""
+    return "" if _active is None else f"; {_active.intact()}"
 
 
 def release_active() -> None:
@@ -332,6 +336,6 @@ def _check_finite(parts: dict[str, Any], run: RunDir, when: str) -> None:
     if bad:
         raise NonFiniteError(
             f"training diverged: non-finite (NaN or inf) weights in the {' and '.join(bad)} "
-            f"{when}; nothing was saved ({run.intact()}); lower the learning rates "
-            f"(optim.lr, optim.mask_lr) or warm up longer (optim.warmup_epochs)"
+            f"{when}, not saved; lower the learning rates (optim.lr, optim.mask_lr) or warm up "
+            f"longer (optim.warmup_epochs)"
         )

@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from tiny_run import TINY, load
 
-import adios.train
+import adios.engine
 from adios.cli import main
 from adios.rundir import MARKER, RunDir
 
@@ -172,7 +172,7 @@ def test_3_hand_edited_config_yaml_is_detected(half_run, capsys):
 
 def test_4_non_finite_weights_are_never_saved(tmp_path, monkeypatch, capsys):
     """The last step of epoch 1 leaves a NaN in the masker (its loss was still finite)."""
-    step = adios.train.train_step
+    step = adios.engine.train_step
     calls = []
 
     def poisoned(cfg, models, *args, **kwargs):
@@ -183,7 +183,7 @@ def test_4_non_finite_weights_are_never_saved(tmp_path, monkeypatch, capsys):
                 next(models.masker.parameters()).view(-1)[0] = float("nan")
         return stats
 
-    monkeypatch.setattr(adios.train, "train_step", poisoned)
+    monkeypatch.setattr(adios.engine, "train_step", poisoned)
     run = tmp_path / "run"
     assert train(run, *ONE_EPOCH) == 2
     err = capsys.readouterr().err
@@ -218,7 +218,7 @@ def test_6_every_bad_value_fails_before_the_run_directory_exists(tmp_path, capsy
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_8_interrupts_say_which_checkpoint_is_intact_and_rerun_without_overwrite(
         tmp_path, monkeypatch, capsys, signum):
-    step = adios.train.train_step
+    step = adios.engine.train_step
     calls, stop_at = [], [1]
 
     def interrupted(*args, **kwargs):
@@ -227,7 +227,7 @@ def test_8_interrupts_say_which_checkpoint_is_intact_and_rerun_without_overwrite
             os.kill(os.getpid(), signum)  # SIGINT raises KeyboardInterrupt; SIGTERM the same
         return step(*args, **kwargs)
 
-    monkeypatch.setattr(adios.train, "train_step", interrupted)
+    monkeypatch.setattr(adios.engine, "train_step", interrupted)
     run, code = tmp_path / "run", 130 if signum == signal.SIGINT else 143
     args = [*TINY, "train.epochs=2"]
     assert train(run, *args) == code  # during the first step: no checkpoint yet
