@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from adios.checkpoint import write_text
+from adios.checkpoint import finite_json, write_text
 
 METRICS = "metrics.jsonl"
 
@@ -26,7 +26,7 @@ class MetricsLog:
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step or None)
 
     def write(self, row: dict[str, Any]) -> None:
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(json.dumps(finite_json(row)) + "\n")  # strict JSON: NaN -> null
         self.file.flush()
         step = row.get("step", 0)
         for key, value in row.items():
