@@ -36,8 +36,34 @@ __all__ = [
 # Fault injection for the crash tests (tests/test_checkpoint.py): inactive unless set.
 # ADIOS_FAULT_DELAY=SECONDS sleeps at every stage of every write (so random kills land in them);
 # ADIOS_FAULT_KILL=STAGE:N sends SIGKILL to this process the N-th time STAGE is reached.
-FAULT_STAGES = ("written", "synced", "renamed")
+# Stages: "partial" (half of the first chunk written), "written" (all of it, not yet fsynced),
+# "synced" (before the rename), "renamed" (before the folder's fsync).
+FAULT_STAGES = ("partial", "written", "synced", "renamed")
 _fault_counts: dict[str, int] = {}
+
+
+def _faults_on() -> bool:
+    return bool(os.environ.get("ADIOS_FAULT_DELAY") or os.environ.get("ADIOS_FAULT_KILL"))
+
+
+class _FaultyFile:
+    """A file whose first write stops halfway at the "partial" fault point."""
+
+    def __init__(self, f: io.BufferedWriter) -> None:
+        self.f, self.hit = f, False
+
+    def write(self, data: bytes) -> int:
+        if self.hit:
+            return self.f.write(data)
+        self.hit = True
+        half = len(data) // 2
+        self.f.write(data[:half])
+        self.f.flush()
+        _fault_point("partial")
+        return half + self.f.write(data[half:])
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _fault_point(stage: str) -> None:
@@ -83,7 +109,7 @@ def _write_atomic(path: Path, write: Callable[[io.BufferedWriter], None], size: 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            write(f)
+            write(_FaultyFile(f) if _faults_on() else f)
             f.flush()
             _fault_point("written")
             os.fsync(f.fileno())
