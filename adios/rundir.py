@@ -20,6 +20,7 @@ docs/running.md describes the rules for users.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -28,7 +29,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -47,6 +48,7 @@ MOVABLE = ("data.path", "data.workers", "data.loader", "data.memory_limit_mb")
 IGNORED = ("run_dir", "description")
 CHECKPOINT_KEYS = ("epoch", "objective", "encoder_opt", "init", "config")
 
+T = TypeVar("T")
 _active: RunDir | None = None  # the run this process holds, for the interrupt message
 
 
@@ -60,9 +62,15 @@ class RunDir:
         self.config_sha256: str | None = None
         self.resumes: list[dict[str, Any]] = []  # what each resume changed
         self._lock_fd: int | None = None
+        self._closers: list[Any] = []
 
     def __getstate__(self) -> dict[str, Any]:  # sent to the other torchrun processes
-        return {**self.__dict__, "_lock_fd": None}
+        return {**self.__dict__, "_lock_fd": None, "_closers": []}
+
+    def closing(self, resource: T) -> T:
+        """Close ``resource`` (e.g. the metrics log) on release, also after a failure."""
+        self._closers.append(resource)
+        return resource
 
     # ---------------------------------------------------------------- lock
 
@@ -92,6 +100,9 @@ class RunDir:
 
     def release(self) -> None:
         global _active
+        while self._closers:
+            with contextlib.suppress(Exception):
+                self._closers.pop().close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None

@@ -111,8 +111,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if env.enabled:
         models.replicas = replicate(models.objective, models.masker, models.probe, env,
                                     sync_bn=cfg.train.sync_bn)
-    log = (MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch) if main
-           else NullLog())
+    log = run.closing(MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch) if main
+                      else NullLog())
     if start_epoch == 0 and labelled and main:
         knn0 = knn_eval(cfg, models.backbone, bank, s.val_split, dataset.num_classes, dataset,
                         device)

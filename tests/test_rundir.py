@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import threading
 
 import pytest
 import torch
@@ -190,6 +191,8 @@ def test_4_non_finite_weights_are_never_saved(tmp_path, monkeypatch, capsys):
     assert "non-finite (NaN or inf) weights in the masker at the end of epoch 1" in err
     assert "has no checkpoint yet" in err
     assert not (run / "checkpoint.pt").exists() and not (run / "masker.safetensors").exists()
+    # the failed run's metrics log is closed (its TensorBoard writer thread ends)
+    assert not [t for t in threading.enumerate() if "Writer" in type(t).__name__]
     calls.clear()  # checked every N steps too: caught right after step 2
     assert train(run, *ONE_EPOCH, "train.epochs=2", "train.finite_every=1") == 2
     assert "masker after step 2" in capsys.readouterr().err
