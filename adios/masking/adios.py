@@ -60,6 +60,19 @@ def penalty_term(masks: Tensor) -> Tensor:
     return sparsity_penalty(mask_sizes(masks.float())).mean(dim=0).sum()
 
 
+def size_entropy_term(*masks: Tensor) -> Tensor:
+    """``sum_batch sum_n softmax(s)_n * log softmax(s)_n``, ``s`` an image's mask sizes.
+
+    The reference's ``alpha_entropy`` term: the masker's objective adds ``alpha_entropy`` times
+    this (minus the entropy of the softmaxed sizes, summed over the batch, not averaged), so
+    maximising it makes mask sizes less equal. Several mask tensors (SimSiam's two views) are
+    joined along the mask axis first, as the reference joins them. Float32 under autocast.
+    """
+    sizes = torch.cat([mask_sizes(m.to(torch.promote_types(m.dtype, torch.float32)))
+                       for m in masks], dim=1)
+    return (sizes.softmax(dim=1) * sizes.log_softmax(dim=1)).sum()
+
+
 class _ReverseGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
