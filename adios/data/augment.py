@@ -16,10 +16,9 @@ Conventions that differ from, or are not fixed by, torchvision:
   when ``out_size`` is at least the crop size, the common case when views keep the dataset's size.
 - Colour jitter applies brightness, contrast, saturation and hue in a random order drawn per sample,
   like torchvision draws one per call.
-- Blur sigma is given in pixels at 224 px and scaled to the output:
-  ``sigma_px = sigma * out_size / 224``. The kernel is truncated at three times the largest sigma:
-  ``2 * ceil(3 * sigma_px_max) + 1`` taps. Recipes built on PIL's blur use sigma in pixels of
-  the crop, unscaled; to reproduce them at size S, pass ``blur_sigma`` multiplied by ``224 / S``.
+- Blur sigma is drawn in pixels of the output crop, not rescaled by its size (the reference's
+  PIL blur after the crop: [0.1, 2] px at every size). The kernel is truncated at three times
+  the largest sigma: ``2 * ceil(3 * sigma_max) + 1`` taps (at most the image size allows).
 """
 
 from __future__ import annotations
@@ -35,8 +34,6 @@ from torch import Tensor
 
 # torchvision's luma weights, used by grayscale, saturation and contrast.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
-# Sigma of ``ViewConfig.blur_sigma`` is expressed in pixels of an image of this size.
-BLUR_REFERENCE_SIZE = 224
 # Target size of one intermediate (B, 3, H, W) tensor when augmenting on CPU: about the L2 cache
 # of two cores, so that a chunk's passes stay in cache.
 CPU_CHUNK_BYTES = 2**22
@@ -223,8 +220,8 @@ def _uniform(batch_size: int, lo: float, hi: float, generator: torch.Generator |
 
 def blur_kernel_size(view: ViewConfig, out_size: int) -> int:
     """Odd number of taps covering three sigmas of the largest blur, at most the image size."""
-    sigma_max = view.blur_sigma[1] * out_size / BLUR_REFERENCE_SIZE
-    radius = min(math.ceil(3 * sigma_max), out_size - 1)  # reflect padding needs radius < size
+    # reflect padding needs radius < size
+    radius = min(math.ceil(3 * view.blur_sigma[1]), out_size - 1)
     return 2 * radius + 1
 
 
@@ -252,8 +249,7 @@ def sample_view_params(
 
     grayscaled = _bernoulli(batch_size, view.grayscale_p, generator)
     blurred = _bernoulli(batch_size, view.blur_p, generator)
-    scale = out_size / BLUR_REFERENCE_SIZE
-    sigma = _uniform(batch_size, view.blur_sigma[0] * scale, view.blur_sigma[1] * scale, generator)
+    sigma = _uniform(batch_size, view.blur_sigma[0], view.blur_sigma[1], generator)
     blur_sigma = torch.where(blurred, sigma, 0.0)
     solarized = _bernoulli(batch_size, view.solarize_p, generator)
     return ViewParams(
