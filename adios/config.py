@@ -177,7 +177,8 @@ class OptimConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     eta: float = 0.02
-    # LARS clip mode (the reference's default): step min(r, lr) * (g + wd w), not lr * r * (g + wd w)
+    # LARS clip mode (the reference's default): the step is min(r, lr) * (g + wd w), not
+    # lr * r * (g + wd w), r the trust ratio (adios/optim.py)
     lars_clip: bool = False
     warmup_epochs: float = 10.0
     warmup_start_lr: float = 0.0  # every group's lr at step 0 (the reference: 0.003)

@@ -266,8 +266,8 @@ def markdown() -> str:
         ]
         for key, want in reference.items():
             got = effective(cfg, key)
-            same = _same(got, want)
-            lines.append(f"| `{key}` | {_show(got)} | {_show(want)} | {'' if same else 'DIFFERS'} |")
+            flag = "" if _same(got, want) else "DIFFERS"
+            lines.append(f"| `{key}` | {_show(got)} | {_show(want)} | {flag} |")
         lines.append("")
     return "\n".join(lines)
 
