@@ -206,6 +206,13 @@ def test_fast_schedule_equals_reference_after_three_steps(objective, mode):
         ref_params = dict(getattr(reference, part).named_parameters())
         for name, p in getattr(fast, part).named_parameters():
             assert torch.allclose(p, ref_params[name], atol=1e-10, rtol=0), f"{part}.{name}"
+    # batch-norm running statistics (and batch counts) too: the fast schedule replays its
+    # batched statistics in the reference's order
+    ref_buffers = dict(reference.objective.named_buffers())
+    buffers = list(fast.objective.named_buffers())
+    assert any("running_mean" in name for name, _ in buffers)
+    for name, buffer in buffers:
+        assert torch.allclose(buffer.double(), ref_buffers[name].double(), atol=1e-10, rtol=0), name
 
 
 @pytest.mark.parametrize("mode", ["adios", "adios-s"])
@@ -329,6 +336,10 @@ def test_single_pass_moves_each_player_by_its_own_gradient(mode):
     for after, start, grads, lr in pairs:
         for p, p0, g in zip(after.parameters(), start.parameters(), grads, strict=True):
             torch.testing.assert_close(p - p0, -lr * g, rtol=1e-9, atol=1e-12)
+    # the running statistics are those of the twin's one unfrozen (encoder) loss
+    twin_buffers = dict(twin.objective.named_buffers())
+    for name, buffer in models.objective.named_buffers():
+        torch.testing.assert_close(buffer, twin_buffers[name], rtol=1e-12, atol=1e-12, msg=name)
 
 
 def test_single_pass_lowers_the_encoders_loss_and_raises_the_maskers():
