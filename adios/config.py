@@ -197,6 +197,9 @@ class OptimConfig:
     # the online probe's weight under LARS in the encoder's optimiser (the reference); false:
     # plain momentum SGD
     probe_lars: bool = False
+    # SimSiam: the predictor keeps its base lr, never warmed up or decayed (the reference and
+    # the SimSiam paper)
+    fixed_predictor_lr: bool = False
     # linear: every learning rate above is per lr_reference_batch images and is multiplied by
     # batch_size / lr_reference_batch (the reference code's rule); none: used as given
     lr_scaling: Literal["none", "linear"] = "none"

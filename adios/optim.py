@@ -2,7 +2,8 @@
 
 The training loop keeps each group's peak learning rate in ``group["base_lr"]`` (set by
 :func:`param_groups` / :func:`build_optimizer`) and calls :func:`apply_schedule` once per step, so
-groups with different peak rates (encoder, masker, probe) follow the same schedule shape.
+groups with different peak rates (encoder, masker, probe) follow the same schedule shape. A group
+with ``fixed_lr=True`` keeps its ``base_lr`` (SimSiam's predictor in the reference).
 """
 
 import math
@@ -219,7 +220,8 @@ def apply_schedule(
     for group in optimizer.param_groups:
         base = group["base_lr"]
         start = warmup_start if warmup_start_lr is None else warmup_start_lr / base
-        lrs.append(warmup_cosine(step, total_steps, warmup_steps, base,
+        lrs.append(base if group.get("fixed_lr") else
+                   warmup_cosine(step, total_steps, warmup_steps, base,
                                  final=final_fraction * base, warmup_start=start))
     set_lr(optimizer, lrs)
     return lrs
@@ -235,6 +237,7 @@ def apply_epoch_schedule(
 ) -> list[float]:
     """:func:`epoch_warmup_cosine` for every group from its ``base_lr``; returns the rates."""
     lrs = [
+        group["base_lr"] if group.get("fixed_lr") else
         epoch_warmup_cosine(epoch, epochs, warmup_epochs, group["base_lr"],
                             final=final_fraction * group["base_lr"], warmup_start=warmup_start_lr)
         for group in optimizer.param_groups

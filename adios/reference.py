@@ -217,6 +217,7 @@ def reference_values(preset: str) -> dict[str, Any]:
         ours["objective.base_momentum"] = args["base_tau_momentum"]
         ours["objective.final_momentum"] = args["final_tau_momentum"]
     if objective == "simsiam":
+        ours["optim.fixed_predictor_lr"] = True  # src/methods/simsiam_adios.py static_lr
         for flag in ("use_symmetry_mask", "use_no_mask", "use_both_mask"):
             ours[f"masking.{flag}"] = args[flag]
     if method.endswith("_s"):

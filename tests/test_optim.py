@@ -203,6 +203,10 @@ def test_apply_schedule_absolute_warmup_start_is_shared_by_groups() -> None:
     assert apply_epoch_schedule(optimizer, 1, 10, 3, warmup_start_lr=0.003) == pytest.approx(
         [0.5015, 0.0515]
     )
+    optimizer.param_groups[1]["fixed_lr"] = True  # e.g. SimSiam's predictor: never scheduled
+    assert apply_schedule(optimizer, 0, 20, 4, warmup_start_lr=0.003) == pytest.approx([0.003, 0.1])
+    cosine = 0.5 * (1 + math.cos(math.pi * 6 / 7))
+    assert apply_epoch_schedule(optimizer, 9, 10, 3) == pytest.approx([cosine, 0.1])
 
 
 def test_apply_schedule_scales_each_group_by_its_base_lr() -> None:
