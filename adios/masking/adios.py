@@ -139,6 +139,7 @@ def siamese_loss(
     schedule: Schedule = "fast",
     encode: Encoder | None = None,
     masked_stats: bool = True,
+    occluded: tuple[bool, bool] = (False, False),
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Objective summed over masks, and the encoder outputs of the unmasked view ``a`` (for the
     probe).
@@ -152,7 +153,8 @@ def siamese_loss(
     Batch-norm running statistics: every pass updates them in the order of the reference
     schedule (the ``fast`` schedule records its batched statistics and replays them in that
     order, :func:`adios.models.norm.recorded_stats`), or with ``masked_stats=False`` only the
-    unmasked passes do (``train.bn_stats=unmasked``: what evaluation sees).
+    unmasked passes do (``train.bn_stats=unmasked``: what evaluation sees). ``occluded``: views
+    a, b that come in already occluded (fixed schemes, mode ``none``) count as masked there.
     """
     encode = objective.forward_views if encode is None else encode
     masked = masks_b is not None and mode != "none"
@@ -174,8 +176,9 @@ def siamese_loss(
                 rows = (_rows(out, n * batch, batch) for out in (out_am, out_bm))
                 loss = loss + objective.masked_loss(out_a, out_b, *rows)
         else:
-            out_a = encode(a)
-            with quiet() if masked else nullcontext():
+            with quiet() if occluded[0] else nullcontext():
+                out_a = encode(a)
+            with quiet() if masked or occluded[1] else nullcontext():
                 out_b = _encode(objective, encode, views_b, groups)
             loss = a.new_zeros(())
             for n in range(groups):
