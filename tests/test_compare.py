@@ -99,7 +99,9 @@ def test_minutes_budget_measures_once_and_fits_whole_epochs(tmp_path, monkeypatc
     assert speed["seconds_per_epoch"] == pytest.approx(2 * speed["seconds_per_step"])
     calls = []
     monkeypatch.setattr(
-        compare, "seconds_per_epoch", lambda cfg: calls.append(cfg) or {"seconds_per_epoch": 4.0}
+        compare.calibrate,
+        "seconds_per_epoch",
+        lambda cfg: calls.append(cfg) or {"seconds_per_epoch": 4.0},
     )
     for cell in cells(grid):
         assert compare.budget_epochs(grid, cell, [], lambda msg: None) == 7

@@ -9,8 +9,8 @@ parameters each one moves. Two schedules compute the same numbers:
   batch norms keep per-copy statistics (``batch_groups``), so parameter updates are identical;
   the running statistics are recorded and replayed in the reference's order, so they are too.
 
-A third, ``single-pass`` (see :func:`adios.train.train_step`), is a different game: both players
-step on one forward and one backward, the masker's gradient arriving through
+A third, ``single-pass`` (see :func:`adios.engine.single_pass_step`), is a different game: both
+players step on one forward and one backward, the masker's gradient arriving through
 :func:`reverse_gradient` on the masks.
 """
 
