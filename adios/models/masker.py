@@ -178,5 +178,6 @@ def build_masker(cfg: Config) -> OcclusionModel:
     an evaluated masker is the trained one: the same blur, norm and width)."""
     m = cfg.masker
     return OcclusionModel(
-        cfg.data.image_size, m.n_masks, fbase=m.fbase, norm=m.norm, blur_sigma=m.blur_sigma
+        cfg.data.image_size, m.n_masks, fbase=m.fbase, norm=m.norm, blur_sigma=m.blur_sigma,
+        num_blocks=m.num_blocks,
     )
