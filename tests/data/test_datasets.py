@@ -1,6 +1,7 @@
 """Class folders with data.load_size: training crops come from the whole image (the reference's
 RandomResizedCrop on the full picture), not from a centre square cut out at load time."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,36 @@ def test_streamed_whole_images_equal_the_in_memory_ones(folder):
     for got, want in zip(source.epoch(torch.Generator().manual_seed(0)),
                          in_memory.epoch(torch.Generator().manual_seed(0)), strict=True):
         assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_training_iterations_crop_whole_images(folder, loader, monkeypatch):
+    """The engine hands each batch's extents to the augmentation: every crop box it draws lies
+    inside the stored image (250 x 188), whichever source holds the images."""
+    import itertools
+
+    from adios import engine
+
+    cfg = load_config([
+        "preset=shapes-paper", "data.name=folder", f"data.path={folder}", "data.image_size=32",
+        "data.num_val=1", "data.workers=0", "data.load_size=250", f"data.loader={loader}",
+        "model.width=4", "masker.fbase=8", "masker.n_masks=2", "objective.proj_hidden=16",
+        "objective.proj_out=8", "optim.batch_size=4", "train.device=cpu", "train.knn_bank=4",
+    ])
+    s = engine.setup(cfg)
+    assert s.batches.has_extents
+    boxes = []
+    real = s.augment.augment_a.sample_params
+
+    def spy(batch, height, width, generator=None):
+        params = real(batch, height, width, generator)
+        boxes.append((params.boxes, height, width))
+        return params
+
+    monkeypatch.setattr(s.augment.augment_a, "sample_params", spy)
+    for _, stats in itertools.islice(engine.iterations(s), 2):
+        assert all(math.isfinite(v) for v in stats.values() if isinstance(v, float))
+    assert len(boxes) == 2
+    for drawn, height, width in boxes:
+        assert set(height.tolist()) == {188} and set(width.tolist()) == {250}
+        assert (drawn[:, 0] + drawn[:, 2] <= 188).all() and (drawn[:, 1] + drawn[:, 3] <= 250).all()
