@@ -149,6 +149,25 @@ def test_unmasked_policy_tracks_only_the_unmasked_view(schedule):
         torch.testing.assert_close(trained[name], buffer, msg=name)
 
 
+def test_bn_policy_changes_buffers_not_parameters():
+    """Training normalises with batch statistics: the policy moves only the running ones."""
+    runs = []
+    for policy in ("mixed", "unmasked"):
+        cfg, models = tiny(f"train.bn_stats={policy}")
+        encoder_opt, masker_opt = build_optimizers(cfg, models)
+        for step in range(2):
+            a, b, y = batch(seed=step)
+            train_step(cfg, models, encoder_opt, masker_opt, a, b, y,
+                       torch.Generator().manual_seed(step))
+        runs.append(models.objective)
+    mixed, unmasked = runs
+    for (name, p), q in zip(mixed.named_parameters(), unmasked.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    means = [(m, u) for (n, m), u in zip(mixed.named_buffers(), unmasked.buffers(), strict=True)
+             if "running_mean" in n]
+    assert all(not torch.equal(m, u) for m, u in means)
+
+
 def test_simsiam_step_loss_is_the_flagged_terms_summed_over_masks():
     cfg, models = tiny("masking.use_symmetry_mask=false", "masking.use_both_mask=false",
                        objective="simsiam")
