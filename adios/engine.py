@@ -231,17 +231,14 @@ def _encoder_loss(cfg: Config, models: Models, a: Tensor, b: Tensor, labels: Ten
                 features = [models.backbone(view) for view in (a, b)]
         else:
             features = [out_a["h"]]
-        known = (labels >= 0).sum().clamp_min(1)  # unlabelled images (STL-10) carry label -1
-        probe_loss, correct = 0.0, 0.0
-        for h in features:
-            logits = classify(h.detach())
-            probe_loss = probe_loss + F.cross_entropy(logits, labels, ignore_index=-1,
-                                                      reduction="sum") / known
-            correct = correct + (logits.argmax(1) == labels).sum() / known
-        probe_loss = probe_loss / len(features)
+        # one probe call for every view (one DDP forward per backward); a mean over views
+        logits = classify(torch.cat(features).detach())
+        targets = labels.repeat(len(features))
+        known = (targets >= 0).sum().clamp_min(1)  # unlabelled images (STL-10) carry label -1
+        probe_loss = F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum") / known
         total = total + probe_loss
         stats["probe_loss"] = probe_loss.item()
-        stats["probe_acc"] = (correct / len(features)).item()
+        stats["probe_acc"] = ((logits.argmax(1) == targets).sum() / known).item()
     return total, stats
 
 
