@@ -88,10 +88,12 @@ class EvalSetup:
 
     def dataset(self) -> Dataset:
         """The evaluation dataset; a streamed training split is decoded whole (bound it with
-        data.num_train), since the probes need every training image."""
+        data.num_train), since the probes need every training image. Evaluation needs no
+        whole-image crop source (data.load_size): every split at image_size."""
         if self._dataset is None:
+            data = dataclasses.replace(self.cfg.data, load_size=None)
             self._dataset = load_dataset(
-                self.cfg.data, bank_size=ALL_IMAGES, progress=self.cfg.train.progress
+                data, bank_size=ALL_IMAGES, progress=self.cfg.train.progress
             )
         return self._dataset
 

@@ -145,3 +145,20 @@ def test_training_iterations_crop_whole_images(folder, loader, monkeypatch):
     for drawn, height, width in boxes:
         assert set(height.tolist()) == {188} and set(width.tolist()) == {250}
         assert (drawn[:, 0] + drawn[:, 2] <= 188).all() and (drawn[:, 1] + drawn[:, 3] <= 250).all()
+
+
+def test_evaluation_reads_every_split_at_image_size(folder, tmp_path):
+    """`adios eval` needs no crop source: a run trained with data.load_size is evaluated on
+    all its training images resized and centre-cropped, like val and test."""
+    from torch import nn
+
+    from adios.evaluation.commands import EvalSetup
+
+    cfg = load_config(["preset=shapes-paper", "data.name=folder", f"data.path={folder}",
+                       "data.image_size=32", "data.num_val=1", "data.workers=0",
+                       "data.load_size=250"])
+    setup = EvalSetup(cfg, cfg, nn.Identity(), None, None, torch.device("cpu"), tmp_path, {})
+    dataset = setup.dataset()
+    assert dataset.train_whole is None and dataset.train_files is None
+    centred = load_dataset(data_config(folder))
+    assert torch.equal(dataset.train.images, centred.train.images)
