@@ -198,7 +198,9 @@ class SceneConfig:
             value = getattr(self, name)
             _require(_is_real(value) and 0 <= value <= 1, name, value, "must be in [0, 1]")
         _require(
-            isinstance(self.balanced_labels, bool), "balanced_labels", self.balanced_labels,
+            isinstance(self.balanced_labels, bool),
+            "balanced_labels",
+            self.balanced_labels,
             "must be true or false",
         )
 
@@ -568,8 +570,8 @@ def _lay_out(
             with_new = after.copy()
             with_new[np.arange(len(active)), :, new_ids] = area
             leader = with_new[..., 1:].argmax(2) + 1
-            valid &= (winner[:, None] == 0) | (new_ids < winner)[:, None] | (
-                leader == winner[:, None]
+            valid &= (
+                (winner[:, None] == 0) | (new_ids < winner)[:, None] | (leader == winner[:, None])
             )
         ok, choice = valid.any(1), valid.argmax(1)
 
