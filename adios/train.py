@@ -47,8 +47,9 @@ from adios.distributed import (
 )
 from adios.distributed import setup as setup_distributed
 from adios.evaluation.features import extract_features, predict_masks
-from adios.evaluation.knn import knn_accuracy
+from adios.evaluation.knn import knn_predict
 from adios.evaluation.mask_metrics import mask_quality
+from adios.evaluation.scores import balanced_accuracy, majority_rate
 from adios.masking.adios import frozen, mask_sizes, penalty_term, reverse_gradient, siamese_loss
 from adios.masking.blobs import random_blob_masks
 from adios.masking.schemes import LEARNED, fixed_scheme, views_with_objects
@@ -263,11 +264,20 @@ def train_step(
 
 def knn_eval(cfg: Config, backbone: nn.Module, bank: Split, query: Split, num_classes: int,
              dataset: Dataset, device: torch.device) -> float:
+    return knn_scores(cfg, backbone, bank, query, num_classes, dataset, device)["top1"]
+
+
+def knn_scores(cfg: Config, backbone: nn.Module, bank: Split, query: Split, num_classes: int,
+               dataset: Dataset, device: torch.device) -> dict[str, float]:
+    """Top-1 and balanced accuracy of the monitor's kNN (train.knn_k, train.knn_temperature)."""
     extract = lambda images: extract_features(  # noqa: E731
         backbone, images, dataset.mean, dataset.std, device, cfg.train.eval_batch_size)
-    return knn_accuracy(extract(bank.images), bank.labels.cpu(), extract(query.images),
-                        query.labels.cpu(), num_classes, k=cfg.train.knn_k,
-                        temperature=cfg.train.knn_temperature)
+    predictions = knn_predict(extract(bank.images), bank.labels.cpu(), extract(query.images),
+                              num_classes, k=cfg.train.knn_k,
+                              temperature=cfg.train.knn_temperature).argmax(1).cpu()
+    labels = query.labels.cpu()
+    return {"top1": (predictions == labels).double().mean().item(),
+            "balanced_accuracy": balanced_accuracy(predictions, labels, num_classes)}
 
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
@@ -317,6 +327,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
                          else round(mask_warmup * steps_per_epoch))
 
     start_epoch = 0
+    train_s, images_seen = 0.0, 0  # step-loop seconds and images over all epochs: the curves' x
     if checkpoint is not None:
         models.objective.load_state_dict(checkpoint["objective"])
         if models.masker is not None:
@@ -327,6 +338,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         encoder_opt.load_state_dict(checkpoint["encoder_opt"])
         init = checkpoint["init"]
         start_epoch = checkpoint["epoch"]
+        train_s, images_seen = checkpoint.get("train_s", 0.0), checkpoint.get("images_seen", 0)
         say(f"resuming {run_dir} after epoch {start_epoch}")
     scaler = grad_scaler(cfg.train.precision, device)
     if scaler is not None and checkpoint is not None and "scaler" in checkpoint:
@@ -338,7 +350,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
            else NullLog())
     if start_epoch == 0 and labelled and main:
         knn0 = knn_eval(cfg, models.backbone, bank, val_split, dataset.num_classes, dataset, device)
-        log.write({"epoch": 0, "step": 0, "knn_acc": knn0})
+        log.write({"epoch": 0, "step": 0, "images_seen": 0, "train_s": 0.0, "knn_acc": knn0,
+                   "val_majority_rate": majority_rate(train_split.labels, val_split.labels)})
 
     # ---- the game
     models.objective.train()
@@ -348,7 +361,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         bar = tqdm(batches.epoch(generator), total=steps_per_epoch, leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not (cfg.train.progress and main), dynamic_ncols=True)
-        tick = time.perf_counter()
+        tick = epoch_start = time.perf_counter()
         for i, (images, labels, *instances) in enumerate(bar):
             step = epoch * steps_per_epoch + i
             objects = None
@@ -366,6 +379,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
             models.objective.after_encoder_step(step, total_steps)
             if not all(math.isfinite(v) for v in stats.values() if isinstance(v, float)):
                 raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
+            images_seen += images.shape[0] * env.world_size
             stats["images_per_s"] = (images.shape[0] * env.world_size
                                      / (time.perf_counter() - tick))
             tick = time.perf_counter()
@@ -376,7 +390,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
 
         # ---- end of epoch: monitor, picture, checkpoint (atomically)
         done = epoch + 1
+        train_s += time.perf_counter() - epoch_start
         row: dict[str, Any] = {"epoch": done, "step": done * steps_per_epoch,
+                               "images_seen": images_seen, "train_s": train_s,
                                "elapsed_s": time.time() - started,
                                "peak_mem_mb": peak_memory_mb(device)}
         if labelled and main and _due(cfg.train.knn_every, done, cfg.train.epochs):
@@ -392,7 +408,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         say(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
         state = {"epoch": done, "objective": models.objective.state_dict(),
                  "encoder_opt": encoder_opt.state_dict(), "init": init,
-                 "config": to_dict(cfg)}
+                 "config": to_dict(cfg), "train_s": train_s, "images_seen": images_seen}
         if models.masker is not None:
             state.update(masker=models.masker.state_dict(), masker_opt=masker_opt.state_dict())
         if models.probe is not None:
@@ -428,8 +444,12 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
     summary: dict[str, Any] = {}
     if test.labels is not None:
         bank = knn_bank(dataset.train, cfg.train.knn_bank)
-        summary["knn_acc"] = knn_eval(cfg, models.backbone, bank, test, dataset.num_classes,
-                                      dataset, device)
+        scores = knn_scores(cfg, models.backbone, bank, test, dataset.num_classes, dataset,
+                            device)
+        summary["knn_acc"] = scores["top1"]
+        summary["knn_balanced_acc"] = scores["balanced_accuracy"]
+        # what always answering the most frequent training class scores on test
+        summary["majority_rate"] = majority_rate(dataset.train.labels, test.labels)
         untrained = copy.deepcopy(models.backbone)
         untrained.load_state_dict(init["backbone"])
         summary["knn_acc_random_init"] = knn_eval(cfg, untrained, bank, test,

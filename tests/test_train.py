@@ -2,11 +2,18 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from sklearn.metrics import balanced_accuracy_score
 
 from adios.cli import main
+from adios.config import load_config
+from adios.data.datasets import load_dataset
+from adios.evaluation.features import extract_features
+from adios.evaluation.knn import knn_predict
+from adios.models import build_backbone
 from adios.train import CHECKPOINT
 
 TINY = [
@@ -20,6 +27,26 @@ TINY = [
 
 def run(tmp_path, name, *args):
     return main(["train", f"run_dir={tmp_path / name}", *TINY, *args])
+
+
+def check_summary_scores(run_dir, summary):
+    """kNN top-1, balanced accuracy and the majority rate, recomputed from the exported encoder."""
+    cfg = load_config(TINY)
+    dataset = load_dataset(cfg.data)
+    backbone = build_backbone("resnet18", 32, width=4)
+    backbone.load_state_dict(load_file(run_dir / "encoder.safetensors"))
+    extract = lambda images: extract_features(  # noqa: E731
+        backbone, images, cfg.data.mean, cfg.data.std, torch.device("cpu")
+    )
+    bank = dataset.train  # 48 images, all of them in the bank (train.knn_bank=48)
+    predictions = knn_predict(extract(bank.images), bank.labels, extract(dataset.test.images), 8,
+                              k=20, temperature=0.1).argmax(1).numpy()
+    labels = dataset.test.labels.numpy()
+    assert summary["knn_acc"] == pytest.approx((predictions == labels).mean())
+    balanced = balanced_accuracy_score(labels, predictions)
+    assert summary["knn_balanced_acc"] == pytest.approx(balanced)
+    train_majority = np.bincount(bank.labels.numpy()).argmax()
+    assert summary["majority_rate"] == pytest.approx((labels == train_majority).mean())
 
 
 def test_cli_run_writes_checkpoint_metrics_pictures_and_summary(tmp_path, capsys):
@@ -37,6 +64,7 @@ def test_cli_run_writes_checkpoint_metrics_pictures_and_summary(tmp_path, capsys
                 "mask_mbo_random", "mask_sizes", "wall_s", "seed"):
         assert key in summary, key
     assert len(summary["mask_sizes"]) == 3 and summary["seed"] == 0
+    check_summary_scores(run_dir, summary)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if "knn_acc" in r] == [0, 1, 2]
     assert all("loss" in r and "mask_sizes" in r for r in rows if "lr" in r)

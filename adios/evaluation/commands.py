@@ -473,17 +473,23 @@ def _headline(result: dict) -> str:
     kind = result["eval"]
     if kind == "knn":
         parts = [
-            f"{name} (k={t['k']}, T={t['temperature']:g}) {t['top1']:.1%}"
+            f"{name} (k={t['k']}, T={t['temperature']:g}) {t['top1']:.1%} "
+            f"(balanced {t['balanced_accuracy']:.1%})"
             for name, t in result["test"].items()
         ]
-        return f"knn test top-1: {'; '.join(parts)}"
+        majority = result["test"]["selected"]["majority_rate"]
+        return f"knn test top-1: {'; '.join(parts)}; majority class {majority:.1%}"
     if kind in ("linear_fast", "linear"):
         extra = (
             f" (weight decay {result['selected']['weight_decay']:g} chosen on val)"
             if kind == "linear_fast"
             else ""
         )
-        return f"{kind} test top-1 {result['test']['top1']:.1%}{extra}"
+        test = result["test"]
+        return (
+            f"{kind} test top-1 {test['top1']:.1%}, balanced {test['balanced_accuracy']:.1%}, "
+            f"majority class {test['majority_rate']:.1%}{extra}"
+        )
     if kind == "masks":
         return "masks: " + "; ".join(
             f"{name} fg-ARI {_fmt(q['fg_ari'])} mBO {_fmt(q['mbo'])}"
