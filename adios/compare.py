@@ -51,6 +51,15 @@ from matplotlib.figure import Figure
 from adios.checkpoint import RunDirError, write_json
 from adios.config import Config, ConfigError, load_config, preset_names, to_dict
 from adios.data.datasets import load_dataset, to_device, training_batches
+from adios.evaluation.curves import (
+    CURVE_FIELDS,
+    CurveCell,
+    budget_table,
+    collect_curves,
+    curve_plot,
+    references,
+    write_csv,
+)
 from adios.evaluation.figures import save
 from adios.masking.schemes import SCHEMES, fixed_scheme, views_with_objects
 from adios.objectives import OBJECTIVES
@@ -68,6 +77,8 @@ GRID_KEYS = (
     "overrides",
     "scheme_overrides",
     "objective_overrides",
+    "curve_every",
+    "evaluations",
 )
 # set by the grid itself for every cell
 CELL_KEYS = ("preset", "masking.mode", "objective.name", "seed", "train.epochs", "run_dir")
@@ -80,7 +91,13 @@ FREE_KEYS = (
     "data.workers",
     "train.eval_batch_size",
 )
-EVALUATIONS = ("eval_knn.json", "eval_linear_fast.json")
+# what a grid's ``evaluations`` may name, and the file each writes in the cell's run directory
+EVALUATION_FILES = {
+    "knn": "eval_knn.json",
+    "linear": "eval_linear_fast.json",
+    "robustness": "eval_robustness.json",
+}
+DEFAULT_EVALUATIONS = ("knn", "linear")
 CALIBRATION = "calibration.json"
 
 
@@ -98,6 +115,8 @@ class Grid:
     objective_overrides: dict[str, list[str]] = field(default_factory=dict)
     description: str = ""
     source: str = ""  # the grid file
+    curve_every: int | None = None  # learning curves: train.knn_every of every cell
+    evaluations: list[str] = field(default_factory=lambda: list(DEFAULT_EVALUATIONS))
 
 
 @dataclass(frozen=True)
@@ -184,6 +203,16 @@ def parse_grid(data: Any, source: str = "", output: Path | None = None) -> Grid:
             raise ConfigError(f"{key}: expected a mapping from {', '.join(allowed)} to overrides")
         per[key] = {name: _override_list(v, f"{key}.{name}") for name, v in mapping.items()}
     name = Path(source).stem if source else "grid"
+    curve_every = data.get("curve_every")
+    if curve_every is not None and (
+        not isinstance(curve_every, int) or isinstance(curve_every, bool) or curve_every < 1
+    ):
+        raise ConfigError("curve_every: expected an integer >= 1 (epochs between curve points)")
+    evaluations = data.get("evaluations", list(DEFAULT_EVALUATIONS))
+    evaluations = _names({"evaluations": evaluations}, "evaluations", list(EVALUATION_FILES))
+    overrides = _override_list(data.get("overrides"), "overrides")
+    if curve_every is not None and any(o.startswith("train.knn_every=") for o in overrides):
+        raise ConfigError("overrides: train.knn_every is set by curve_every")
     return Grid(
         output=Path(output or data.get("output") or Path("runs") / "compare" / name),
         presets=presets,
@@ -192,11 +221,13 @@ def parse_grid(data: Any, source: str = "", output: Path | None = None) -> Grid:
         seeds=seeds,
         epochs=epochs,
         minutes=None if minutes is None else float(minutes),
-        overrides=_override_list(data.get("overrides"), "overrides"),
+        overrides=overrides,
         scheme_overrides=per["scheme_overrides"],
         objective_overrides=per["objective_overrides"],
         description=str(data.get("description", "")),
         source=source,
+        curve_every=curve_every,
+        evaluations=evaluations,
     )
 
 
@@ -225,6 +256,7 @@ def cell_config(grid: Grid, cell: Cell, epochs: int, extra: Sequence[str] = ()) 
             *grid.overrides,
             *grid.objective_overrides.get(cell.objective, []),
             *grid.scheme_overrides.get(cell.scheme, []),
+            *([f"train.knn_every={grid.curve_every}"] if grid.curve_every else []),
             f"objective.name={cell.objective}",
             f"masking.mode={cell.scheme}",
             f"seed={cell.seed}",
@@ -334,26 +366,35 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cell_state(run_dir: Path) -> str:
+def cell_state(run_dir: Path, evaluations: Sequence[str] = DEFAULT_EVALUATIONS) -> str:
     """done | failed | evaluate (trained, not evaluated) | resume | start (nothing usable)."""
     if (run_dir / "error.json").is_file():
         return "failed"
     if (run_dir / "summary.json").is_file():
-        done = all((run_dir / name).is_file() for name in EVALUATIONS)
+        done = all((run_dir / EVALUATION_FILES[name]).is_file() for name in evaluations)
         return "done" if done else "evaluate"
     if (run_dir / "checkpoint.pt").is_file():
         return "resume"
     return "start"
 
 
-def evaluate_cell(run_dir: Path) -> None:
-    """kNN and the fast linear probe of ``adios eval`` (written to the cell's eval_*.json)."""
-    from adios.evaluation.commands import load_setup, run_knn, run_linear_fast
+def evaluate_cell(run_dir: Path, evaluations: Sequence[str] = DEFAULT_EVALUATIONS) -> None:
+    """The evaluations of ``adios eval`` the grid names that the cell lacks (eval_*.json):
+    kNN, the fast linear probe, the backgrounds test."""
+    from adios.evaluation.commands import load_setup, run_knn, run_linear_fast, run_robustness
 
-    setup = load_setup([str(run_dir)], command=f"adios eval knn {run_dir}")
-    run_knn(setup)
-    setup.command = f"adios eval linear --fast {run_dir}"
-    run_linear_fast(setup)
+    todo = [name for name in evaluations if not (run_dir / EVALUATION_FILES[name]).is_file()]
+    commands = {
+        "knn": ("knn", run_knn),
+        "linear": ("linear --fast", run_linear_fast),
+        "robustness": ("robustness", run_robustness),
+    }
+    setup = None
+    for name in todo:
+        words, run = commands[name]
+        setup = setup or load_setup([str(run_dir)])
+        setup.command = f"adios eval {words} {run_dir}"
+        run(setup)
 
 
 def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], None]) -> str:
@@ -361,7 +402,7 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
     from adios.train import train
 
     run_dir = cell.run_dir(grid)
-    state = cell_state(run_dir)
+    state = cell_state(run_dir, grid.evaluations)
     if state in ("done", "failed"):
         return state
     cfg = cell_config(grid, cell, budget_epochs(grid, cell, extra, say), extra)
@@ -380,7 +421,7 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
             write_json({"error": str(err)}, run_dir / "error.json")
             say(f"  failed: {err}")
             return "failed"
-    evaluate_cell(run_dir)
+    evaluate_cell(run_dir, grid.evaluations)
     return {"start": "trained", "resume": "resumed", "evaluate": "evaluated"}[state]
 
 
@@ -393,12 +434,18 @@ def run_grid(
         cell_config(grid, cell, grid.epochs or 1, extra)
     grid.output.mkdir(parents=True, exist_ok=True)
     _record(grid, extra, command)
-    todo = [c for c in all_cells if cell_state(c.run_dir(grid)) not in ("done", "failed")]
+    todo = [
+        c
+        for c in all_cells
+        if cell_state(c.run_dir(grid), grid.evaluations) not in ("done", "failed")
+    ]
     say(
         f"{len(all_cells)} cells in {grid.output}: {len(all_cells) - len(todo)} finished, "
         f"{len(todo)} to run"
     )
-    statuses = {c: cell_state(c.run_dir(grid)) for c in all_cells if c not in todo}
+    statuses = {
+        c: cell_state(c.run_dir(grid), grid.evaluations) for c in all_cells if c not in todo
+    }
     durations: list[float] = []
     for i, cell in enumerate(todo):
         left = len(todo) - i
@@ -468,13 +515,26 @@ def _headline(run_dir: Path) -> str:
 
 METRICS = (  # key, column title, format: "%" (percent, 1 decimal) or decimals
     ("knn", "kNN test (k, T chosen on val)", "%"),
+    ("knn_balanced", "kNN balanced", "%"),
     ("knn_k20", "kNN test (k=20, T=0.1)", "%"),
     ("linear", "linear test (fast probe)", "%"),
+    ("linear_balanced", "linear balanced", "%"),
+    ("majority", "majority class", "%"),
     ("fg_ari", "mask fg-ARI", 3),
     ("mbo", "mask mBO", 3),
     ("epochs", "epochs", 0),
     ("train_min", "train + summary min", 1),
     ("images_per_s", "img/s (train step)", 0),
+)
+BAR_KEYS = ("knn", "knn_k20", "linear", "fg_ari", "mbo")
+# the backgrounds test (eval_robustness.json): fast linear probe top-1 per variant, the gaps
+ROBUSTNESS_METRICS = (
+    ("bg_original", "original", "%"),
+    ("bg_only_fg", "only-fg", "%"),
+    ("bg_mixed_same", "mixed-same", "%"),
+    ("bg_mixed_rand", "mixed-rand", "%"),
+    ("bg_gap", "gap (same - rand)", "%"),
+    ("bg_gap_knn", "kNN gap", "%"),
 )
 
 
@@ -487,14 +547,18 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
     summary = _read_json(run_dir / "summary.json") or {}
     knn = _read_json(run_dir / "eval_knn.json")
     linear = _read_json(run_dir / "eval_linear_fast.json")
+    backgrounds = _read_json(run_dir / "eval_robustness.json")
     rates = []
     if (run_dir / "metrics.jsonl").is_file():
         rates = [r["images_per_s"] for r in read_metrics(run_dir) if "images_per_s" in r]
     return {
         "knn": knn["test"]["selected"]["top1"] if knn else None,
         "knn_k": knn["selected"]["k"] if knn else None,
+        "knn_balanced": knn["test"]["selected"].get("balanced_accuracy") if knn else None,
         "knn_k20": knn["test"]["k20_t0.1"]["top1"] if knn else None,
         "linear": linear["test"]["top1"] if linear else None,
+        "linear_balanced": linear["test"].get("balanced_accuracy") if linear else None,
+        "majority": knn["test"]["selected"].get("majority_rate") if knn else None,
         "fg_ari": summary.get("mask_fg_ari"),
         "mbo": summary.get("mask_mbo"),
         "fg_ari_random": summary.get("mask_fg_ari_random"),
@@ -504,7 +568,19 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
         "train_min": summary["wall_s"] / 60 if "wall_s" in summary else None,
         "images_per_s": statistics.median(rates) if rates else None,
         "failed": (run_dir / "error.json").is_file(),
+        **_robustness_results(backgrounds),
     }
+
+
+def _robustness_results(result: dict[str, Any] | None) -> dict[str, Any]:
+    linear = (result or {}).get("linear", {})
+    out = {
+        f"bg_{name}": linear[name]["top1"] if name in linear else None
+        for name in ("original", "only_fg", "mixed_same", "mixed_rand")
+    }
+    out["bg_gap"] = linear.get("background_gap")
+    out["bg_gap_knn"] = (result or {}).get("knn", {}).get("background_gap")
+    return out
 
 
 def _stats(values: list[float | None]) -> tuple[float | None, float | None, int]:
@@ -534,7 +610,7 @@ def collect(grid: Grid) -> list[dict[str, Any]]:
                     "failed": sum(r["failed"] for r in results),
                 }
                 done = [r for r in results if r["knn"] is not None]
-                for key in [m[0] for m in METRICS] + [
+                for key in [m[0] for m in METRICS + ROBUSTNESS_METRICS] + [
                     "fg_ari_random",
                     "mbo_random",
                     "knn_random_init",
@@ -552,15 +628,15 @@ def _cell_text(mean: float | None, std: float | None, style: str | int) -> str:
     return text if std is None else f"{text} ± {std * scale:.{digits}f}"
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    header = ["scheme", "objective", "seeds"] + [title for _, title, _ in METRICS]
+def markdown_table(rows: list[dict[str, Any]], metrics: Sequence[tuple] = METRICS) -> str:
+    header = ["scheme", "objective", "seeds"] + [title for _, title, _ in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         seeds = ",".join(map(str, row["seeds"])) or "–"
         if row["failed"]:
             seeds += f" ({row['failed']} failed)"
         values = [
-            _cell_text(row[f"{key}_mean"], row[f"{key}_std"], style) for key, _, style in METRICS
+            _cell_text(row[f"{key}_mean"], row[f"{key}_std"], style) for key, _, style in metrics
         ]
         lines.append("| " + " | ".join([row["scheme"], row["objective"], seeds, *values]) + " |")
     return "\n".join(lines)
@@ -605,12 +681,32 @@ def write_tables(grid: Grid) -> list[Path]:
         part = [r for r in rows if r["preset"] == preset]
         lines += [f"## {preset}", "", markdown_table(part), ""]
         lines += [f"- {note}" for note in _references(part)] + [""]
+        if any(r["bg_gap_mean"] is not None for r in part):
+            lines += [
+                "Backgrounds test (adios eval robustness; fast linear probe test top-1 per "
+                "variant, gap = mixed-same - mixed-rand):",
+                "",
+                markdown_table(part, ROBUSTNESS_METRICS),
+                "",
+            ]
+    curve_rows = write_curves(grid)
+    if curve_rows:
+        lines += [
+            "## Learning curves",
+            "",
+            "Validation kNN of the training monitor (docs/curves.md), mean ± std over seeds, "
+            "at the last evaluation point at or before each budget: curves.csv, curves.png.",
+            "",
+            *budget_table(curve_rows),
+        ]
     paths = [
         grid.output / "results.md",
         grid.output / "results.csv",
         grid.output / "cells.csv",
         grid.output / "results.png",
     ]
+    if curve_rows:
+        paths += [grid.output / "curves.csv", grid.output / "curves.png"]
     paths[0].write_text("\n".join(lines))
     _write_csv(paths[1], [{**r, "seeds": " ".join(map(str, r["seeds"]))} for r in rows])
     _write_csv(
@@ -631,6 +727,26 @@ def write_tables(grid: Grid) -> list[Path]:
     return paths
 
 
+def write_curves(grid: Grid) -> list[dict[str, Any]]:
+    """Every cell's curve.csv, the grid's curves.csv and curves.png; returns the rows."""
+    curve_cells = [
+        CurveCell(c.preset, c.objective, c.scheme, c.seed, c.run_dir(grid)) for c in cells(grid)
+    ]
+    rows = collect_curves(curve_cells)
+    if not rows:
+        return rows
+    classes = {}
+    for c in curve_cells:
+        knn = _read_json(c.run_dir / EVALUATION_FILES["knn"])
+        if knn and "num_classes" in knn.get("dataset", {}):
+            classes[c.preset] = knn["dataset"]["num_classes"]
+    write_csv(
+        grid.output / "curves.csv", rows, ["preset", "objective", "scheme", "seed", *CURVE_FIELDS]
+    )
+    curve_plot(rows, references(rows, curve_cells, classes), grid.output / "curves.png")
+    return rows
+
+
 def _machine_text(info: dict[str, Any]) -> str:
     device = info.get("cuda_device") or f"CPU, {info.get('cpus')} cores"
     return f"{device}, torch {info.get('torch')}, {info.get('platform')}"
@@ -646,7 +762,9 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def bar_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """One panel per (preset, metric): bars per scheme, one colour per objective, std bars."""
     keys = [
-        (k, t, p) for k, t, p in METRICS[:5] if any(r[f"{k}_mean"] is not None for r in rows)
+        (k, t, p)
+        for k, t, p in METRICS
+        if k in BAR_KEYS and any(r[f"{k}_mean"] is not None for r in rows)
     ] or list(METRICS[:1])
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     objectives = list(dict.fromkeys(r["objective"] for r in rows))
@@ -691,7 +809,7 @@ def main(args: Any) -> int:
     if args.dry_run:
         for cell in cells(grid):
             cell_config(grid, cell, grid.epochs or 1, extra)
-            print(f"{cell_state(cell.run_dir(grid)):9s} {cell.run_dir(grid)}")
+            print(f"{cell_state(cell.run_dir(grid), grid.evaluations):9s} {cell.run_dir(grid)}")
         return 0
     if args.table_only:
         for path in write_tables(grid):
