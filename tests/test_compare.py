@@ -99,7 +99,9 @@ def test_minutes_budget_measures_once_and_fits_whole_epochs(tmp_path, monkeypatc
     assert speed["seconds_per_epoch"] == pytest.approx(2 * speed["seconds_per_step"])
     calls = []
     monkeypatch.setattr(
-        compare, "seconds_per_epoch", lambda cfg: calls.append(cfg) or {"seconds_per_epoch": 4.0}
+        compare.calibrate,
+        "seconds_per_epoch",
+        lambda cfg: calls.append(cfg) or {"seconds_per_epoch": 4.0},
     )
     for cell in cells(grid):
         assert compare.budget_epochs(grid, cell, [], lambda msg: None) == 7
@@ -164,7 +166,7 @@ def test_cli_dry_run_lists_cell_states(tmp_path, capsys):
 
 
 def test_curves_continue_without_gaps_or_duplicates_after_an_interrupted_cell(tmp_path):
-    from adios.evaluation.curves import curve_problems, read_curve
+    from adios.compare.curves import curve_problems, read_curve
 
     overrides = {k: v for k, v in TINY.items() if k != "train.knn_every"}
     document = grid_document(

@@ -4,7 +4,7 @@ import statistics
 
 import pytest
 
-from adios.evaluation.curves import (
+from adios.compare.curves import (
     budget_table,
     curve_problems,
     evaluation_points,

@@ -30,6 +30,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from adios.compare.grid import Cell
 from adios.evaluation.figures import save
 from adios.runlog import METRICS, read_metrics
 
@@ -104,25 +105,14 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str])
 # ----------------------------------------------------------------------------- grid level
 
 
-@dataclass(frozen=True)
-class CurveCell:
-    """A grid cell as the curves need it (adios.compare's Cell without the grid)."""
-
-    preset: str
-    objective: str
-    scheme: str
-    seed: int
-    run_dir: Path
-
-
-def collect_curves(cells: Sequence[CurveCell]) -> list[dict[str, Any]]:
+def collect_curves(cells: Sequence[tuple[Cell, Path]]) -> list[dict[str, Any]]:
     """Every cell's curve (written to its run directory as curve.csv), as rows of curves.csv."""
     rows = []
-    for cell in cells:
-        curve = read_curve(cell.run_dir)
+    for cell, run_dir in cells:
+        curve = read_curve(run_dir)
         if not curve:
             continue
-        write_curve(curve, cell.run_dir / CURVE)
+        write_curve(curve, run_dir / CURVE)
         labels = {"preset": cell.preset, "objective": cell.objective, "scheme": cell.scheme}
         rows += [{**labels, "seed": cell.seed, **r} for r in curve]
     return rows
@@ -214,17 +204,15 @@ class References:
 
 
 def references(
-    rows: Sequence[dict[str, Any]], cells: Sequence[CurveCell], num_classes: dict[str, int]
+    rows: Sequence[dict[str, Any]], cells: Sequence[tuple[Cell, Path]], num_classes: dict[str, int]
 ) -> dict[str, References]:
     """The reference lines of every preset, from the cells' epoch-0 rows."""
     out = {}
-    for preset in dict.fromkeys(c.preset for c in cells):
+    for preset in dict.fromkeys(cell.preset for cell, _ in cells):
         untrained = [r["knn_val"] for r in rows if r["preset"] == preset and r["epoch"] == 0]
         majority = []
-        for cell in (c for c in cells if c.preset == preset):
-            first = next(
-                (r for r in _metrics(cell.run_dir) if r.get("epoch") == 0 and "knn_acc" in r), {}
-            )
+        for _, run_dir in (pair for pair in cells if pair[0].preset == preset):
+            first = next((r for r in _metrics(run_dir) if r.get("epoch") == 0), {})
             if "val_majority_rate" in first:
                 majority.append(first["val_majority_rate"])
         classes = num_classes.get(preset)
