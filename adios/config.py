@@ -9,6 +9,8 @@ allowed, instead of an hour into a run.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,12 +21,9 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from adios.config_data import SceneConfig, ViewConfig
+from adios.errors import ConfigError
 
 DEFAULT_PRESET = "shapes-simclr-adios"
-
-
-class ConfigError(ValueError):
-    """A bad key or value in a preset or override; the message names the key."""
 
 
 @dataclass
@@ -104,25 +103,35 @@ class MaskerConfig:
     norm: Literal["group", "instance", "none"] = "group"
     blur_sigma: float = 0.0  # px; > 0 smooths the masks (our addition, see OcclusionModel)
     num_blocks: int | None = None  # U-Net depth; null: log2(image_size) - 1
+    token_dim: int = 64  # token-adios: width of the one-block token masker (TokenMasker)
+    token_heads: int = 4
 
     def __post_init__(self) -> None:
         _check(self.n_masks >= 2, "n_masks", "must be at least 2")
         _check(self.num_blocks is None or self.num_blocks >= 2, "num_blocks", "must be >= 2")
         _check(self.blur_sigma >= 0, "blur_sigma", "must be >= 0")
         _check(self.fbase >= 8 and self.fbase % 8 == 0, "fbase", "must be a multiple of 8")
+        _check(self.token_heads >= 1 and self.token_dim % self.token_heads == 0, "token_dim",
+               "must be a positive multiple of token_heads")
 
 
 @dataclass
 class ObjectiveConfig:
-    name: Literal["simclr", "byol", "simsiam"] = "simclr"
+    name: Literal["simclr", "byol", "simsiam", "mae"] = "simclr"  # mae: token modes only
     temperature: float = 0.2
     proj_hidden: int | None = None  # None: the objective's published default
     proj_out: int | None = None
     pred_hidden: int | None = None
     base_momentum: float = 0.99
     final_momentum: float = 1.0
+    decoder_dim: int = 128  # mae: the light decoder (adios/objectives/mae.py)
+    decoder_depth: int = 2
+    decoder_heads: int = 4
 
     def __post_init__(self) -> None:
+        _check(self.decoder_depth >= 1, "decoder_depth", "must be at least 1")
+        _check(self.decoder_heads >= 1 and self.decoder_dim % self.decoder_heads == 0,
+               "decoder_dim", "must be a positive multiple of decoder_heads")
         _check(self.temperature > 0, "temperature", "must be positive")
         _check(0 <= self.base_momentum <= self.final_momentum <= 1, "base_momentum",
                "need 0 <= base_momentum <= final_momentum <= 1")
@@ -131,8 +140,11 @@ class ObjectiveConfig:
 @dataclass
 class MaskingConfig:
     # adios / adios-s: learned masks; the others are fixed schemes without a masker, one
-    # occluding mask per image (adios/masking/schemes.py documents each and its defaults)
-    mode: Literal["adios", "adios-s", "none", "mae", "beit", "rectangles", "oracle"] = "adios"
+    # occluding mask per image (adios/masking/schemes.py documents each and its defaults);
+    # token-random / token-adios: a ViT encodes only keep_ratio of the patch tokens, drawn at
+    # random or by a learned token masker (adios/masking/tokens.py, docs/tokens.md)
+    mode: Literal["adios", "adios-s", "none", "mae", "beit", "rectangles", "oracle",
+                  "token-random", "token-adios"] = "adios"
     alpha_sparsity: float = 1.0
     # masker objective + alpha_entropy * sum over the batch of sum_n softmax(s)_n log softmax(s)_n
     # (s: an image's mask sizes); > 0 makes mask sizes less equal (the reference's alpha_entropy)
@@ -156,8 +168,12 @@ class MaskingConfig:
     oracle_margin: int = 0  # oracle, px: > 0 dilates the object mask, < 0 erodes it
     oracle_box: bool = False  # oracle: hide the object's bounding box
     oracle_shuffle: bool = False  # oracle: each image gets another image's mask
+    keep_ratio: float = 0.25  # token modes: fraction of the patch tokens the encoder sees
+    token_diversity: float = 1.0  # token-adios: weight of KL(batch-mean keep dist. || uniform)
 
     def __post_init__(self) -> None:
+        _check(0 < self.keep_ratio < 1, "keep_ratio", "must be in (0, 1)")
+        _check(self.token_diversity >= 0, "token_diversity", "must be >= 0")
         _check(self.alpha_sparsity >= 0, "alpha_sparsity", "must be >= 0")
         _check(self.alpha_entropy >= 0, "alpha_entropy", "must be >= 0")
         _check(self.ratio is None or 0 < self.ratio < 1, "ratio", "must be in (0, 1)")
@@ -208,12 +224,15 @@ class OptimConfig:
         _check(self.batch_size >= 2, "batch_size", "must be at least 2")
         _check(self.lr_reference_batch >= 1, "lr_reference_batch", "must be at least 1")
         for key in ("lr", "mask_lr", "probe_lr"):
-            _check(getattr(self, key) > 0, key, "must be positive")
+            value = getattr(self, key)
+            _check(value > 0 and math.isfinite(value), key, "must be positive and finite")
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _check(self.mask_weight_decay is None or self.mask_weight_decay >= 0,
                "mask_weight_decay", "must be >= 0")
         _check(self.warmup_start_lr >= 0, "warmup_start_lr", "must be >= 0")
         _check(self.train_mask_epochs >= 0, "train_mask_epochs", "must be >= 0")
+        _check(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        _check(self.eta > 0, "eta", "must be positive")
         _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
         _check(self.mask_warmup_epochs is None or self.mask_warmup_epochs >= 0,
                "mask_warmup_epochs", "must be >= 0")
@@ -226,6 +245,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # torch CPU threads; None: torch's default
     log_every: int = 10
+    # steps between checks that every parameter is finite (also before every save): a diverged
+    # run stops with the last good checkpoint instead of saving NaN weights
+    finite_every: int = 10
     picture_every: int = 1  # epochs between mask pictures; 0 = only at the end
     knn_every: int = 1  # epochs between kNN monitor evaluations; 0 = only at the end
     knn_k: int = 20
@@ -245,7 +267,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", "must be at least 1")
+        _check(self.threads is None or self.threads >= 1, "threads",
+               "must be at least 1, or null for torch's default")
         _check(self.log_every >= 1, "log_every", "must be at least 1")
+        _check(self.picture_every >= 0, "picture_every", "must be >= 0 (0: only at the end)")
+        _check(self.knn_every >= 0, "knn_every", "must be >= 0 (0: only at the end)")
+        _check(self.knn_bank >= 1, "knn_bank", "must be at least 1")
+        _check(self.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+        _check(self.finite_every >= 1, "finite_every", "must be at least 1")
         _check(self.knn_k >= 1, "knn_k", "must be at least 1")
         _check(self.knn_temperature > 0, "knn_temperature", "must be positive")
 
@@ -269,6 +298,15 @@ class Config:
         _check(self.seed >= 0, "seed", "must be >= 0")
         _check(self.masking.mode != "oracle" or self.data.name == "shapes", "masking.mode",
                "oracle needs ground-truth object masks, which only data.name=shapes has")
+        tokens = self.masking.mode.startswith("token-")
+        _check(not tokens or self.model.backbone.startswith("vit"), "masking.mode",
+               "token modes drop patch tokens, which needs model.backbone=vit_tiny or vit_small")
+        _check(not tokens or self.objective.name in ("simclr", "mae"), "masking.mode",
+               "token modes support objective.name=simclr or mae")
+        _check(tokens or self.objective.name != "mae", "objective.name",
+               "mae reconstructs dropped tokens: use masking.mode=token-random or token-adios")
+        _check(not tokens or self.masking.schedule != "reference", "masking.schedule",
+               "token modes have schedules fast and single-pass")
         size = self.data.image_size
         _check(self.masking.patch_size is None or self.masking.patch_size <= size,
                "masking.patch_size", "must be at most data.image_size")
@@ -279,6 +317,53 @@ class Config:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+# ----------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (no tags that build Python objects), reading YAML 1.2 floats.
+
+    YAML 1.1 reads ``1e-3`` (no dot, no exponent sign) as a string; everyone writes learning
+    rates that way, so every YAML document of the package (presets, overrides, config.yaml,
+    grids) goes through this loader.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+
+        |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?)$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse plain YAML; anything else (a syntax error, a python/object tag) is a ConfigError
+    naming ``where`` (a file, or an override's key)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())
+        raise ConfigError(
+            f"{where}: not plain YAML (only mappings, lists, numbers and strings are read): "
+            f"{reason:.300}"
+        ) from None
+
+
+def read_yaml(path: Path, what: str = "file") -> Any:
+    """Read and parse a YAML file; a missing or unreadable file is a ConfigError naming it."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read this {what} ({err})") from None
+    return load_yaml(text, str(path))
 
 
 # ----------------------------------------------------------------------------- presets
@@ -294,7 +379,7 @@ def read_preset(name: str) -> dict[str, Any]:
         available = ", ".join(preset_names())
         raise ConfigError(f"preset: unknown preset {name!r}; available: {available}")
     text = (resources.files("adios") / "presets" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    return load_yaml(text, f"preset {name}") or {}
 
 
 # ----------------------------------------------------------------------------- building
@@ -307,10 +392,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{item!r}: an override is key=value, e.g. optim.lr=0.3")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{key}: cannot parse value {raw!r} ({err})") from None
+        value = load_yaml(raw, key) if raw != "" else ""
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -410,6 +492,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -430,8 +514,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def config_yaml(cfg: Config) -> str:
+    """The text of a run's config.yaml (adios.rundir writes it, atomically)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[str]:

@@ -16,15 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from adios.checkpoint import (
-    RunDirError,
-    export_safetensors,
-    load_checkpoint,
-    prepare_run_dir,
-    save_atomic,
-    write_json,
-)
-from adios.config import Config, save_config, to_dict
+from adios.checkpoint import export_safetensors, load_optimizer_state, load_state, write_json
+from adios.config import Config, to_dict
 from adios.data.datasets import Dataset, Split, knn_bank
 from adios.distributed import check_batch_size, from_main, replicate
 from adios.distributed import setup as setup_distributed
@@ -38,12 +31,16 @@ from adios.engine import (
     setup,
     train_step,
 )
+from adios.errors import ConfigError, RunDirError
 from adios.evaluation.features import extract_features, predict_masks
-from adios.evaluation.knn import knn_accuracy
+from adios.evaluation.knn import knn_predict
 from adios.evaluation.mask_metrics import mask_quality
+from adios.evaluation.scores import balanced_accuracy, majority_rate
 from adios.masking.adios import mask_sizes
 from adios.masking.blobs import random_blob_masks
+from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
 from adios.perf import check_precision, peak_memory_mb, pick_device
+from adios.rundir import open_run_dir
 from adios.runlog import MetricsLog, NullLog
 from adios.viz import mask_figure
 
@@ -52,11 +49,20 @@ CHECKPOINT = "checkpoint.pt"
 
 def knn_eval(cfg: Config, backbone: nn.Module, bank: Split, query: Split, num_classes: int,
              dataset: Dataset, device: torch.device) -> float:
+    return knn_scores(cfg, backbone, bank, query, num_classes, dataset, device)["top1"]
+
+
+def knn_scores(cfg: Config, backbone: nn.Module, bank: Split, query: Split, num_classes: int,
+               dataset: Dataset, device: torch.device) -> dict[str, float]:
+    """Top-1 and balanced accuracy of the monitor's kNN (train.knn_k, train.knn_temperature)."""
     extract = lambda images: extract_features(  # noqa: E731
         backbone, images, dataset.mean, dataset.std, device, cfg.train.eval_batch_size)
-    return knn_accuracy(extract(bank.images), bank.labels.cpu(), extract(query.images),
-                        query.labels.cpu(), num_classes, k=cfg.train.knn_k,
-                        temperature=cfg.train.knn_temperature)
+    predictions = knn_predict(extract(bank.images), bank.labels.cpu(), extract(query.images),
+                              num_classes, k=cfg.train.knn_k,
+                              temperature=cfg.train.knn_temperature).argmax(1).cpu()
+    labels = query.labels.cpu()
+    return {"top1": (predictions == labels).double().mean().item(),
+            "balanced_accuracy": balanced_accuracy(predictions, labels, num_classes)}
 
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
@@ -70,12 +76,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     env, device = setup_distributed(device)
     check_precision(cfg.train.precision, device)
     check_batch_size(cfg.optim.batch_size, env)
-    run_dir = from_main(env, lambda: prepare_run_dir(cfg, resume=resume, overwrite=overwrite))
-    cfg.run_dir = str(run_dir)
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT) if resume else None
     main = env.is_main
-    if not resume and main:
-        save_config(cfg, run_dir / "config.yaml")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     say = (lambda msg: tqdm.write(msg)) if cfg.train.progress and main else (lambda msg: None)
@@ -87,33 +88,49 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     encoder_opt, masker_opt, scaler = trainer.encoder_opt, trainer.masker_opt, trainer.scaler
     steps_per_epoch, total_steps = trainer.steps_per_epoch, trainer.total_steps
     labelled = s.labelled
+    n_train = len(dataset.train_files) if dataset.train_files is not None else len(dataset.train)
+    if cfg.optim.batch_size > n_train:
+        raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is more than the {n_train} "
+                          f"training images; lower it or use more images (data.num_train)")
     bank = knn_bank(s.train_split, cfg.train.knn_bank)
     init = {"backbone": copy.deepcopy(models.backbone.state_dict()),
             "masker": copy.deepcopy(models.masker.state_dict()) if models.masker else None}
 
-    start_epoch = 0
+    # ---- the run directory, locked (adios/rundir.py): only now that all of the above is valid
+    run = from_main(env, lambda: open_run_dir(cfg, resume=resume, overwrite=overwrite))
+    run_dir = run.path
+    checkpoint = run.load_checkpoint() if run.resume else None
     if checkpoint is not None:
-        models.objective.load_state_dict(checkpoint["objective"])
+        from_main(env, lambda: run.reconcile(cfg, checkpoint))  # apply or refuse changes
+    elif main:
+        run.write_config(cfg)
+    start_epoch = 0
+    train_s, images_seen = 0.0, 0  # step-loop seconds and images over all epochs: the curves' x
+    if checkpoint is not None:
+        source = str(run_dir / CHECKPOINT)
+        load_state(models.objective, checkpoint["objective"], source)
         if models.masker is not None:
-            models.masker.load_state_dict(checkpoint["masker"])
-            masker_opt.load_state_dict(checkpoint["masker_opt"])
+            load_state(models.masker, checkpoint.get("masker") or {}, source)
+            load_optimizer_state(masker_opt, checkpoint.get("masker_opt") or {}, source)
         if models.probe is not None:
-            models.probe.load_state_dict(checkpoint["probe"])
-        encoder_opt.load_state_dict(checkpoint["encoder_opt"])
+            load_state(models.probe, checkpoint.get("probe") or {}, source)
+        load_optimizer_state(encoder_opt, checkpoint["encoder_opt"], source)
         init = checkpoint["init"]
         start_epoch = checkpoint["epoch"]
+        train_s, images_seen = checkpoint.get("train_s", 0.0), checkpoint.get("images_seen", 0)
         say(f"resuming {run_dir} after epoch {start_epoch}")
     if scaler is not None and checkpoint is not None and "scaler" in checkpoint:
         scaler.load_state_dict(checkpoint["scaler"])
     if env.enabled:
         models.replicas = replicate(models.objective, models.masker, models.probe, env,
                                     sync_bn=cfg.train.sync_bn)
-    log = (MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch) if main
-           else NullLog())
+    log = run.closing(MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch) if main
+                      else NullLog())
     if start_epoch == 0 and labelled and main:
         knn0 = knn_eval(cfg, models.backbone, bank, s.val_split, dataset.num_classes, dataset,
                         device)
-        log.write({"epoch": 0, "step": 0, "knn_acc": knn0})
+        log.write({"epoch": 0, "step": 0, "images_seen": 0, "train_s": 0.0, "knn_acc": knn0,
+                   "val_majority_rate": majority_rate(s.train_split.labels, s.val_split.labels)})
 
     # ---- the game
     models.objective.train()
@@ -121,9 +138,12 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         bar = tqdm(epoch_batches(s, epoch), total=steps_per_epoch, leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not (cfg.train.progress and main), dynamic_ncols=True)
-        tick = time.perf_counter()
+        tick = epoch_start = time.perf_counter()
         for i, (step, batch, draws) in enumerate(bar):
             stats = iteration(s, batch, step, draws)
+            images_seen += batch[0].shape[0] * env.world_size
+            if (step + 1) % cfg.train.finite_every == 0:  # and before every save
+                run.check_finite({"encoder": models.objective, "masker": models.masker}, step + 1)
             stats["images_per_s"] = (batch[0].shape[0] * env.world_size
                                      / (time.perf_counter() - tick))
             tick = time.perf_counter()
@@ -134,7 +154,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
 
         # ---- end of epoch: monitor, picture, checkpoint (atomically)
         done = epoch + 1
+        train_s += time.perf_counter() - epoch_start
         row: dict[str, Any] = {"epoch": done, "step": done * steps_per_epoch,
+                               "images_seen": images_seen, "train_s": train_s,
                                "elapsed_s": time.time() - started,
                                "peak_mem_mb": peak_memory_mb(device)}
         if labelled and main and _due(cfg.train.knn_every, done, cfg.train.epochs):
@@ -143,14 +165,14 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         picture = main and _due(cfg.train.picture_every, done, cfg.train.epochs)
         if models.masker is not None and picture:
             shown = dataset.val.images[:8]
-            masks = predict_masks(models.masker, shown, dataset.mean, dataset.std, device)
+            masks = _picture_masks(cfg, models, shown, dataset, device)
             mask_figure(shown, masks, run_dir / "masks" / f"epoch_{done:03d}.png",
                         title=f"epoch {done}")
         log.write(row)
         say(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
         state = {"epoch": done, "objective": models.objective.state_dict(),
                  "encoder_opt": encoder_opt.state_dict(), "init": init,
-                 "config": to_dict(cfg)}
+                 "config": to_dict(cfg), "train_s": train_s, "images_seen": images_seen}
         if models.masker is not None:
             state.update(masker=models.masker.state_dict(), masker_opt=masker_opt.state_dict())
         if models.probe is not None:
@@ -158,9 +180,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
         if main:
-            save_atomic(state, run_dir / CHECKPOINT)
+            run.save_checkpoint(state)  # refuses non-finite weights
         if stop_after_epoch is not None and done >= stop_after_epoch and done < cfg.train.epochs:
             log.close()
+            run.release()
             say(f"stopped after epoch {done}; continue with: adios train --resume {run_dir}")
             return run_dir
 
@@ -173,9 +196,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     summary = summarize(cfg, models, init, dataset, device, run_dir)
     summary.update(wall_s=time.time() - started, seed=cfg.seed, epochs=cfg.train.epochs,
                    steps=total_steps, run_dir=str(run_dir), peak_mem_mb=peak_memory_mb(device),
-                   processes=env.world_size)
+                   processes=env.world_size, resumes=run.resumes)
     write_json(summary, run_dir / "summary.json")
     log.close()
+    run.release()
     return run_dir
 
 
@@ -186,13 +210,19 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
     summary: dict[str, Any] = {}
     if test.labels is not None:
         bank = knn_bank(dataset.train, cfg.train.knn_bank)
-        summary["knn_acc"] = knn_eval(cfg, models.backbone, bank, test, dataset.num_classes,
-                                      dataset, device)
+        scores = knn_scores(cfg, models.backbone, bank, test, dataset.num_classes, dataset,
+                            device)
+        summary["knn_acc"] = scores["top1"]
+        summary["knn_balanced_acc"] = scores["balanced_accuracy"]
+        # what always answering the most frequent training class scores on test
+        summary["majority_rate"] = majority_rate(dataset.train.labels, test.labels)
         untrained = copy.deepcopy(models.backbone)
         untrained.load_state_dict(init["backbone"])
         summary["knn_acc_random_init"] = knn_eval(cfg, untrained, bank, test,
                                                   dataset.num_classes, dataset, device)
-    if models.masker is not None:
+    if cfg.masking.mode in TOKEN_MODES:
+        summary.update(_token_summary(cfg, models, dataset, device, run_dir))
+    elif models.masker is not None:
         masks = predict_masks(models.masker, test.images, dataset.mean, dataset.std, device)
         summary["mask_sizes"] = mask_sizes(masks).mean(0).tolist()
         if test.instances is not None:
@@ -212,6 +242,39 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
                 summary[f"mask_mbo{suffix}"] = quality["mbo"]
             mask_figure(test.images[:8], masks[:8], run_dir / "masks.png", title="test scenes")
     return summary
+
+
+def _token_scores(models: Models, images: torch.Tensor, dataset: Dataset,
+                  device: torch.device) -> torch.Tensor:
+    """The token masker's keep scores (N, L), or equal ones for token-random."""
+    if models.masker is None:
+        return torch.zeros(len(images), models.backbone.num_patches)
+    return predict_masks(models.masker, images, dataset.mean, dataset.std, device)
+
+
+def _picture_masks(cfg: Config, models: Models, images: torch.Tensor, dataset: Dataset,
+                   device: torch.device) -> torch.Tensor:
+    """What a mask picture shows: the soft masks, or (token modes) the hidden patches of one
+    seeded draw, as a single mask."""
+    if cfg.masking.mode not in TOKEN_MODES:
+        return predict_masks(models.masker, images, dataset.mean, dataset.std, device)
+    keep = draw_visible(_token_scores(models, images, dataset, device), cfg.masking.keep_ratio,
+                        cfg.seed)
+    return hidden_pixels(keep, models.backbone.grid, cfg.data.image_size)
+
+
+def _token_summary(cfg: Config, models: Models, dataset: Dataset, device: torch.device,
+                   run_dir: Path) -> dict[str, Any]:
+    """Token modes on scenes: the share of hidden patch area on objects, learned vs random
+    (adios.masking.tokens.hidden_on_objects_report), and a picture of the hidden patches."""
+    test = dataset.test
+    if test.instances is None:
+        return {}
+    scores = _token_scores(models, test.images, dataset, device)
+    mask_figure(test.images[:8], _picture_masks(cfg, models, test.images[:8], dataset, device),
+                run_dir / "masks.png", title="test scenes: hidden patches")
+    return hidden_on_objects_report(scores, test.instances.cpu(), cfg.masking.keep_ratio,
+                                    cfg.seed)
 
 
 def _due(every: int, epoch: int, last: int) -> bool:

@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from knn_reference import brute_force_accuracy
+from knn_reference import brute_force_accuracy, brute_force_scores
 from safetensors.torch import load_file
+from sklearn.metrics import balanced_accuracy_score
 
 from adios.cli import main
 from adios.config import load_config
@@ -70,16 +72,27 @@ def test_cli_run_writes_checkpoint_metrics_pictures_and_summary(tmp_path, capsys
         (state["init"]["backbone"], dataset.test, summary["knn_acc_random_init"]),
     ]:
         assert reported == pytest.approx(brute_force_knn(cfg, weights, bank, split))
+    # beside it: balanced accuracy (scikit-learn) and the majority-class rate (counted)
+    labels = dataset.test.labels.numpy()
+    predictions = brute_force_knn(cfg, encoder, bank, dataset.test, scores=True).argmax(1)
+    balanced = balanced_accuracy_score(labels, predictions)
+    assert summary["knn_balanced_acc"] == pytest.approx(balanced)
+    majority = np.bincount(dataset.train.labels.numpy()).argmax()
+    assert summary["majority_rate"] == pytest.approx(np.mean(labels == majority))
 
 
-def brute_force_knn(cfg, weights, bank, query):
-    """Top-1 of the weighted vote (tests/knn_reference.py) on the features of ``weights``."""
+def brute_force_knn(cfg, weights, bank, query, scores=False):
+    """Top-1 (or the class scores) of the weighted vote (tests/knn_reference.py) on the
+    features of ``weights``."""
     backbone = build_backbone("resnet18", 32, width=4)
     backbone.load_state_dict(weights)
     features = [
         extract_features(backbone, split.images, cfg.data.mean, cfg.data.std, torch.device("cpu"))
         for split in (bank, query)
     ]
+    if scores:
+        return brute_force_scores(features[0], bank.labels, features[1], 8, cfg.train.knn_k,
+                                  cfg.train.knn_temperature)
     return brute_force_accuracy(features[0], bank.labels, features[1], query.labels,
                                 8, cfg.train.knn_k, cfg.train.knn_temperature)
 
@@ -144,3 +157,33 @@ def test_lr_scaling_multiplies_every_rate_by_global_batch_over_reference(scaling
         expected = (0.1 if probe_params & set(group["params"]) else 0.4) * factor
         assert group["lr"] == pytest.approx(expected) and group["base_lr"] == group["lr"]
     assert all(g["lr"] == pytest.approx(0.02 * factor) for g in masker_opt.param_groups)
+
+
+TOKENS = [
+    "data.num_train=16", "data.num_val=8", "data.num_test=16", "optim.batch_size=8",
+    "train.knn_bank=16", "train.progress=false", "train.device=cpu", "train.threads=1",
+    "train.epochs=1",
+]
+
+
+@pytest.mark.parametrize("preset, heads", [
+    ("shapes-vit-simclr-token-adios", ["objective.proj_hidden=32", "objective.proj_out=16"]),
+    ("shapes-vit-mae-token-adios", ["objective.decoder_dim=16", "objective.decoder_depth=1"]),
+])
+def test_token_run_reports_where_the_hidden_patches_go(tmp_path, preset, heads):
+    """A token-adios run trains both players, pictures its hidden patches and reports their
+    share on objects (learned draws, top-k and random); adios eval masks gives the same."""
+    run_dir = tmp_path / "tokens"
+    assert main(["train", f"run_dir={run_dir}", f"preset={preset}", *TOKENS, *heads]) == 0
+    for name in ("masks.png", "masks/epoch_001.png", "masker.safetensors", "encoder.safetensors"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    shares = [summary[f"token_hidden_on_objects{s}"] for s in ("", "_topk", "_random")]
+    assert all(0 < share < 1 for share in shares)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "lr" in r]
+    assert steps and all(r["kept_tokens"] == 16 and "adv_loss" in r for r in steps)
+    assert main(["eval", "masks", str(run_dir)]) == 0
+    tokens = json.loads((run_dir / "eval_masks.json").read_text())["tokens"]
+    assert tokens == pytest.approx({k: v for k, v in summary.items() if k.startswith("token_")})
+    assert (run_dir / "eval_masks_tokens.png").is_file()

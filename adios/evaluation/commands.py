@@ -15,7 +15,6 @@ evaluating on a dataset other than the run's own adds the dataset's name:
 from __future__ import annotations
 
 import dataclasses
-import math
 import shlex
 import time
 from collections.abc import Sequence
@@ -24,20 +23,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from matplotlib.figure import Figure
-from safetensors.torch import load_file
 from torch import nn
 
-from adios.checkpoint import RunDirError, load_checkpoint, write_json
-from adios.config import Config, ConfigError, load_config, to_dict
+from adios.checkpoint import (
+    finite_json,
+    load_checkpoint,
+    load_state,
+    load_weights,
+    nonfinite,
+    write_json,
+)
+from adios.config import Config, load_config, read_yaml, to_dict
 from adios.data.datasets import SCENE_COUNTS, Dataset, load_dataset
+from adios.errors import ConfigError, RunDirError
+from adios.evaluation.features import predict_masks
 from adios.evaluation.figures import confusion_figure, save, size_histogram_figure
 from adios.evaluation.knn import KNN_KS, KNN_TEMPERATURES, evaluate_knn
 from adios.evaluation.linear import WEIGHT_DECAYS, evaluate_linear, evaluate_linear_fast
 from adios.evaluation.masks import evaluate_masks, mask_sources
 from adios.evaluation.protocol import FeatureSet, extract_feature_set
 from adios.evaluation.robustness import DEFAULT_CORRELATION, evaluate_backgrounds
+from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
 from adios.models import build_backbone, build_masker
 from adios.perf import pick_device
 from adios.viz import mask_figure
@@ -155,9 +162,9 @@ def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _build_masker(cfg: Config, state: dict[str, torch.Tensor]) -> nn.Module:
+def _build_masker(cfg: Config, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     masker = build_masker(cfg)  # the trained masker's own build (its blur included)
-    masker.load_state_dict(state)
+    load_state(masker, state, source)
     return masker.eval()
 
 
@@ -186,8 +193,11 @@ def load_setup(
                     f"weights; only data.* and train.device/threads/"
                     f"eval_batch_size/progress apply"
                 )
-        saved = yaml.safe_load(config_path.read_text())
-        model_cfg = load_config([], base=saved)
+        saved = read_yaml(config_path, "config.yaml")
+        try:
+            model_cfg = load_config([], base=saved)
+        except ConfigError as err:
+            raise ConfigError(f"{config_path}: {err}") from None
         cfg = load_config(overrides, base=_evaluation_base(saved, overrides))
         if (run_dir / CHECKPOINT).is_file():
             checkpoint = load_checkpoint(run_dir / CHECKPOINT)
@@ -196,32 +206,49 @@ def load_setup(
         out_dir = out_dir or run_dir
     else:
         cfg = model_cfg = load_config(overrides)
-        backbone_state = load_file(str(encoder))
+        backbone_state = load_weights(encoder)
         source = {"encoder": str(encoder)}
-        masker_state = load_file(str(masker)) if masker is not None else None
+        masker_state = load_weights(masker) if masker is not None else None
         if masker is not None:
             source["masker"] = str(masker)
         out_dir = out_dir or encoder.parent
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
-    backbone = build_backbone(
-        model_cfg.model.backbone,
-        model_cfg.data.image_size,
-        width=model_cfg.model.width,
-        stem=model_cfg.model.stem,
-    )
-    backbone.load_state_dict(backbone_state)
+    try:
+        backbone = build_backbone(
+            model_cfg.model.backbone,
+            model_cfg.data.image_size,
+            width=model_cfg.model.width,
+            stem=model_cfg.model.stem,
+        )
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+    weights = source.get("weights", source.get("encoder"))
+    bad = nonfinite({"encoder": backbone_state, "masker": masker_state})
+    if bad:
+        raise RunDirError(
+            f"{run_dir or encoder}: the {' and '.join(bad)} weights ({weights}) hold NaN or inf: "
+            "the training diverged; evaluate another run"
+        )
+    load_state(backbone, backbone_state, f"{run_dir or ''}{'/' if run_dir else ''}{weights}")
     init_state = (checkpoint or {}).get("init") or {}
+    masker_source = str(masker) if masker is not None else f"{run_dir}/masker weights"
     return EvalSetup(
         model_cfg=model_cfg,
         cfg=cfg,
         backbone=backbone.to(device).eval(),
-        masker=None if masker_state is None else _build_masker(model_cfg, masker_state).to(device),
+        masker=(
+            None
+            if masker_state is None
+            else _build_masker(model_cfg, masker_state, masker_source).to(device)
+        ),
         init_masker=(
             None
             if init_state.get("masker") is None
-            else _build_masker(model_cfg, init_state["masker"]).to(device)
+            else _build_masker(model_cfg, init_state["masker"], f"{run_dir}/{CHECKPOINT}").to(
+                device
+            )
         ),
         device=device,
         out_dir=Path(out_dir),
@@ -243,7 +270,7 @@ def _evaluation_base(saved: dict[str, Any], overrides: Sequence[str]) -> dict[st
 def _run_backbone(run_dir: Path, checkpoint: dict | None) -> tuple[dict, dict]:
     exported = run_dir / "encoder.safetensors"
     if exported.is_file():
-        return load_file(str(exported)), {"run_dir": str(run_dir), "weights": exported.name}
+        return load_weights(exported), {"run_dir": str(run_dir), "weights": exported.name}
     if checkpoint is None:
         raise RunDirError(f"{run_dir} holds neither encoder.safetensors nor {CHECKPOINT}")
     source = {"run_dir": str(run_dir), "weights": f"{CHECKPOINT} (epoch {checkpoint['epoch']})"}
@@ -253,26 +280,15 @@ def _run_backbone(run_dir: Path, checkpoint: dict | None) -> tuple[dict, dict]:
 def _run_masker(run_dir: Path, checkpoint: dict | None) -> dict | None:
     exported = run_dir / "masker.safetensors"
     if exported.is_file():
-        return load_file(str(exported))
+        return load_weights(exported)
     return None if checkpoint is None else checkpoint.get("masker")
 
 
 # ----------------------------------------------------------------------------- the evaluations
 
 
-def _clean(value: Any) -> Any:
-    """NaN and inf become null, so the files are strict JSON for any reader."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _write(setup: EvalSetup, kind: str, result: dict, started: float) -> dict:
-    result = _clean({**setup.header(kind), **result, "wall_s": time.time() - started})
+    result = finite_json({**setup.header(kind), **result, "wall_s": time.time() - started})
     path = setup.output_path(kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(result, path)
@@ -329,6 +345,8 @@ def run_linear(setup: EvalSetup, epochs: int = 100, batch_size: int = 256) -> di
 def run_masks(setup: EvalSetup, n_pictures: int = 8) -> dict:
     """Mask quality on the test split (no choice is made, so test is the right split)."""
     started = time.time()
+    if setup.model_cfg.masking.mode in TOKEN_MODES:
+        return _run_token_masks(setup, n_pictures, started)
     if setup.masker is None:
         raise ConfigError("masks: this model has no masker (masking.mode=none, or no --masker)")
     if setup.cfg.data.image_size != setup.model_cfg.data.image_size:
@@ -377,6 +395,29 @@ def run_masks(setup: EvalSetup, n_pictures: int = 8) -> dict:
         },
         started,
     )
+
+
+def _run_token_masks(setup: EvalSetup, n_pictures: int, started: float) -> dict:
+    """Token modes: where the hidden patches go on the test scenes (share of hidden area on
+    objects, the masker's draws and top-k vs random draws), and a picture of one draw."""
+    test = setup.dataset().test
+    if test.instances is None:
+        raise ConfigError(f"masks: dataset {setup.cfg.data.name!r} has no instance maps")
+    mode = setup.model_cfg.masking
+    grid = setup.backbone.grid
+    if setup.masker is None:  # token-random: equal scores
+        scores = torch.zeros(len(test), grid * grid)
+    else:
+        scores = predict_masks(setup.masker, test.images, setup.mean, setup.std, setup.device,
+                               setup.cfg.train.eval_batch_size)
+    report = hidden_on_objects_report(scores, test.instances.cpu(), mode.keep_ratio,
+                                      setup.model_cfg.seed)
+    picture = setup.output_path("masks_tokens", ".png")
+    keep = draw_visible(scores[:n_pictures], mode.keep_ratio, setup.model_cfg.seed)
+    mask_figure(test.images[:n_pictures], hidden_pixels(keep, grid, test.images.shape[-1]),
+                picture, title=f"{mode.mode}: hidden patches, test scenes")
+    return _write(setup, "masks", {"split": "test", "tokens": report, "picture": picture.name},
+                  started)
 
 
 def run_robustness(setup: EvalSetup, correlation: float | None = None, n_pictures: int = 8) -> dict:
@@ -433,7 +474,7 @@ def run_transfer(setup: EvalSetup) -> dict:
     linear, _ = evaluate_linear_fast(setup.features())
     kind = f"transfer_{setup.cfg.data.name}"
     result = {"source_dataset": to_dict(setup.model_cfg.data), "knn": knn, "linear_fast": linear}
-    result = _clean({**setup.header(kind), **result, "wall_s": time.time() - started})
+    result = finite_json({**setup.header(kind), **result, "wall_s": time.time() - started})
     path = setup.out_dir / f"eval_{kind}.json"
     write_json(result, path)
     result["path"] = str(path)
@@ -444,7 +485,8 @@ def run_cheap(setup: EvalSetup) -> list[dict]:
     """The evaluations a laptop runs in minutes: kNN, fast linear, masks, backgrounds."""
     results = [run_knn(setup), run_linear_fast(setup)]
     test = setup.dataset().test
-    if setup.masker is not None and test.instances is not None:
+    tokens = setup.model_cfg.masking.mode in TOKEN_MODES
+    if (setup.masker is not None or tokens) and test.instances is not None:
         results.append(run_masks(setup))
     if setup.cfg.data.name == "shapes":
         results.append(run_robustness(setup))
@@ -473,17 +515,28 @@ def _headline(result: dict) -> str:
     kind = result["eval"]
     if kind == "knn":
         parts = [
-            f"{name} (k={t['k']}, T={t['temperature']:g}) {t['top1']:.1%}"
+            f"{name} (k={t['k']}, T={t['temperature']:g}) {t['top1']:.1%} "
+            f"(balanced {t['balanced_accuracy']:.1%})"
             for name, t in result["test"].items()
         ]
-        return f"knn test top-1: {'; '.join(parts)}"
+        majority = result["test"]["selected"]["majority_rate"]
+        return f"knn test top-1: {'; '.join(parts)}; majority class {majority:.1%}"
     if kind in ("linear_fast", "linear"):
         extra = (
             f" (weight decay {result['selected']['weight_decay']:g} chosen on val)"
             if kind == "linear_fast"
             else ""
         )
-        return f"{kind} test top-1 {result['test']['top1']:.1%}{extra}"
+        test = result["test"]
+        return (
+            f"{kind} test top-1 {test['top1']:.1%}, balanced {test['balanced_accuracy']:.1%}, "
+            f"majority class {test['majority_rate']:.1%}{extra}"
+        )
+    if kind == "masks" and "tokens" in result:
+        t = result["tokens"]
+        return (f"hidden patch area on objects: draws {t['token_hidden_on_objects']:.1%}, "
+                f"top-k {t['token_hidden_on_objects_topk']:.1%}, "
+                f"random {t['token_hidden_on_objects_random']:.1%}")
     if kind == "masks":
         return "masks: " + "; ".join(
             f"{name} fg-ARI {_fmt(q['fg_ari'])} mBO {_fmt(q['mbo'])}"
