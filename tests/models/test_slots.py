@@ -162,6 +162,7 @@ def test_config_builds_each_kind_and_checks_slot_options():
     assert (model.n_masks, model.slot_dim, model.iters, model.stride) == (3, 16, 2, 4)
     for bad, key in (("masker.slot_stride=3", "slot_stride"),
                      ("masker.blur_sigma=1.0", "blur_sigma"),
+                     ("masker.num_blocks=3", "num_blocks"),
                      ("masker.slot_iters=0", "slot_iters"),
                      ("masking.mode=token-adios model.backbone=vit_tiny", "masker.kind")):
         with pytest.raises(ConfigError, match=key):
