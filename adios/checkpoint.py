@@ -69,9 +69,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def export_safetensors(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+def export_safetensors(state_dict: dict[str, torch.Tensor], path: Path,
+                       metadata: dict[str, str] | None = None) -> None:
+    """``metadata``: strings stored in the file's header (adios.api describes the model there)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp))
+    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp),
+              metadata=metadata)
     _replace_into(tmp, path)
 
 

@@ -49,7 +49,15 @@ from adios.distributed import setup as setup_distributed
 from adios.evaluation.features import extract_features, predict_masks
 from adios.evaluation.knn import knn_accuracy
 from adios.evaluation.mask_metrics import mask_quality
-from adios.masking.adios import frozen, mask_sizes, penalty_term, reverse_gradient, siamese_loss
+from adios.api import encoder_metadata, masker_metadata
+from adios.masking.adios import (
+    frozen,
+    mask_confidence,
+    mask_sizes,
+    penalty_term,
+    reverse_gradient,
+    siamese_loss,
+)
 from adios.masking.blobs import random_blob_masks
 from adios.masking.schemes import LEARNED, fixed_scheme, views_with_objects
 from adios.models import OcclusionModel, build_backbone
@@ -71,6 +79,7 @@ from adios.runlog import MetricsLog, NullLog
 from adios.viz import mask_figure
 
 CHECKPOINT = "checkpoint.pt"
+CONFIDENCE_IMAGES = 128  # validation images whose mask confidence is logged every epoch
 
 
 @dataclass
@@ -338,7 +347,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
            else NullLog())
     if start_epoch == 0 and labelled and main:
         knn0 = knn_eval(cfg, models.backbone, bank, val_split, dataset.num_classes, dataset, device)
-        log.write({"epoch": 0, "step": 0, "knn_acc": knn0})
+        log.write({"epoch": 0, "step": 0, "knn_acc": knn0, **_confidence(models, dataset, device)})
 
     # ---- the game
     models.objective.train()
@@ -383,11 +392,14 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
             row["knn_acc"] = knn_eval(cfg, models.backbone, bank, val_split,
                                       dataset.num_classes, dataset, device)
         picture = main and _due(cfg.train.picture_every, done, cfg.train.epochs)
-        if models.masker is not None and picture:
-            shown = dataset.val.images[:8]
+        if models.masker is not None and main:
+            shown = dataset.val.images[:CONFIDENCE_IMAGES]
             masks = predict_masks(models.masker, shown, dataset.mean, dataset.std, device)
-            mask_figure(shown, masks, run_dir / "masks" / f"epoch_{done:03d}.png",
-                        title=f"epoch {done}")
+            row["mask_confidence"] = mask_confidence(masks)
+            if picture:
+                truth = None if dataset.val.instances is None else dataset.val.instances[:8]
+                mask_figure(shown, masks, run_dir / "masks" / f"epoch_{done:03d}.png",
+                            title=f"epoch {done}", truth=truth)
         log.write(row)
         say(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
         state = {"epoch": done, "objective": models.objective.state_dict(),
@@ -409,9 +421,11 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     # ---- the trained models and what they learned, measured on held-out data
     if not main:
         return run_dir
-    export_safetensors(models.backbone.state_dict(), run_dir / "encoder.safetensors")
+    export_safetensors(models.backbone.state_dict(), run_dir / "encoder.safetensors",
+                       metadata=encoder_metadata(cfg, models.backbone))
     if models.masker is not None:
-        export_safetensors(models.masker.state_dict(), run_dir / "masker.safetensors")
+        export_safetensors(models.masker.state_dict(), run_dir / "masker.safetensors",
+                           metadata=masker_metadata(cfg))
     summary = summarize(cfg, models, init, dataset, device, run_dir)
     summary.update(wall_s=time.time() - started, seed=cfg.seed, epochs=cfg.train.epochs,
                    steps=total_steps, run_dir=str(run_dir), peak_mem_mb=peak_memory_mb(device),
@@ -452,8 +466,18 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
                 quality = mask_quality(test.instances.cpu(), m)
                 summary[f"mask_fg_ari{suffix}"] = quality["fg_ari"]
                 summary[f"mask_mbo{suffix}"] = quality["mbo"]
-            mask_figure(test.images[:8], masks[:8], run_dir / "masks.png", title="test scenes")
+            mask_figure(test.images[:8], masks[:8], run_dir / "masks.png", title="test scenes",
+                        truth=test.instances[:8], untrained=references["_untrained"][:8])
     return summary
+
+
+def _confidence(models: Models, dataset: Dataset, device: torch.device) -> dict[str, float]:
+    """The untrained masker's confidence, the start of the curve the report draws."""
+    if models.masker is None:
+        return {}
+    masks = predict_masks(models.masker, dataset.val.images[:CONFIDENCE_IMAGES], dataset.mean,
+                          dataset.std, device)
+    return {"mask_confidence": mask_confidence(masks)}
 
 
 def _due(every: int, epoch: int, last: int) -> bool:
