@@ -87,7 +87,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as handle:
         raw = handle.metadata() or {}
     try:
-        return {key: json.loads(value) for key, value in raw.items()}
+        return {key: json.loads(value) for key, value in sorted(raw.items())}
     except json.JSONDecodeError as err:
         raise ModelFileError(f"{path}: header metadata is not adios metadata ({err})") from None
 
@@ -115,7 +115,7 @@ def _locate(path: str | Path, file_name: str, kind: str) -> tuple[Path, dict[str
             raw = encoder_metadata(cfg, backbone)
         else:
             raw = masker_metadata(cfg)
-        meta = {key: json.loads(value) for key, value in raw.items()}
+        meta = {key: json.loads(value) for key, value in sorted(raw.items())}
         meta["adios_version"] = None  # unknown: the file predates the header
     if meta.get("kind") != kind:
         raise ModelFileError(f"{weights} holds a {meta.get('kind')!r}, not an {kind}")

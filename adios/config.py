@@ -183,6 +183,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # torch CPU threads; None: torch's default
     log_every: int = 10
+    wandb_project: str | None = None  # also log to this Weights & Biases project (extra `wandb`)
     picture_every: int = 1  # epochs between mask pictures; 0 = only at the end
     knn_every: int = 1  # epochs between kNN monitor evaluations; 0 = only at the end
     knn_k: int = 20

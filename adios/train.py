@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from adios.api import encoder_metadata, masker_metadata
 from adios.checkpoint import (
     RunDirError,
     export_safetensors,
@@ -49,7 +50,6 @@ from adios.distributed import setup as setup_distributed
 from adios.evaluation.features import extract_features, predict_masks
 from adios.evaluation.knn import knn_accuracy
 from adios.evaluation.mask_metrics import mask_quality
-from adios.api import encoder_metadata, masker_metadata
 from adios.masking.adios import (
     frozen,
     mask_confidence,
@@ -343,7 +343,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if env.enabled:
         models.replicas = replicate(models.objective, models.masker, models.probe, env,
                                     sync_bn=cfg.train.sync_bn)
-    log = (MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch) if main
+    log = (MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch,
+                      wandb_project=cfg.train.wandb_project, config=to_dict(cfg)) if main
            else NullLog())
     if start_epoch == 0 and labelled and main:
         knn0 = knn_eval(cfg, models.backbone, bank, val_split, dataset.num_classes, dataset, device)

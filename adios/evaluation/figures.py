@@ -139,6 +139,7 @@ def curve_panels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     candidates = [
         ("SSL loss", [("encoder loss", "loss"), ("masker's loss", "adv_loss")]),
         ("kNN top-1 (val, training monitor)", [("kNN", "knn_acc"), ("online probe", "probe_acc")]),
+        ("mask confidence (val): mean max-mask weight", [("confidence", "mask_confidence")]),
         ("mask sizes", [("mask_sizes", "mask_sizes")]),
         ("sparsity penalty", [("penalty", "penalty")]),
         ("learning rate", [("encoder lr", "lr")]),
@@ -173,6 +174,8 @@ def draw_curves(ax: Axes, rows: list[dict[str, Any]], panel: dict[str, Any]) -> 
         x, y = _series(rows, key)
         if not len(x):
             continue
+        if key == "mask_confidence":
+            _confidence_references(ax, rows, y)
         marker = "o" if len(x) <= 30 else None
         smoothed = _smooth(y, 5) if len(x) > 30 else y
         ax.plot(x, smoothed, label=label, marker=marker, markersize=3, linewidth=1.5)
@@ -182,6 +185,18 @@ def draw_curves(ax: Axes, rows: list[dict[str, Any]], panel: dict[str, Any]) -> 
     ax.grid(alpha=0.3)
     if len(ax.get_lines()) > 1:
         ax.legend(fontsize=7, frameon=False)
+
+
+def _confidence_references(ax: Axes, rows: list[dict[str, Any]], y: np.ndarray) -> None:
+    """Uniform masks score 1/N and hard ones 1: the two lines bracket what the curve means."""
+    n_masks = next((len(r["mask_sizes"]) for r in rows if isinstance(r.get("mask_sizes"), list)),
+                   None)
+    if n_masks:
+        ax.axhline(1 / n_masks, color="#7f7f7f", linestyle="--", linewidth=1,
+                   label=f"uniform (1/{n_masks})")
+    ax.axhline(1.0, color="#7f7f7f", linestyle=":", linewidth=1, label="hard masks")
+    low = min([float(y.min())] + ([1 / n_masks] if n_masks else []))
+    ax.set_ylim(max(0.0, low - 0.05), 1.02)
 
 
 def curves_figure(rows: list[dict[str, Any]], columns: int = 3) -> Figure | None:
