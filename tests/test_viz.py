@@ -4,7 +4,7 @@ import matplotlib.image
 import pytest
 import torch
 
-from adios.viz import colour_code, mask_colours, mask_figure
+from adios.viz import argmax_masks, colour_code, colour_instances, mask_colours, mask_figure
 
 
 @pytest.mark.parametrize("n", [1, 4, 10, 16, 30])
@@ -62,3 +62,31 @@ def test_mask_figure_accepts_float_images_and_replaces_existing_file(tmp_path):
     height, width = matplotlib.image.imread(path).shape[:2]
     assert 2 * 96 < height < 2 * 96 * 1.5  # 16 px images upscaled to >= 96 px tiles
     assert 5 * 96 < width < 5 * 96 * 1.5
+
+
+def test_argmax_masks_give_each_pixel_to_its_largest_mask():
+    masks = torch.tensor([[0.5, 0.1], [0.3, 0.6], [0.2, 0.3]]).reshape(1, 3, 1, 2)
+    hard = argmax_masks(masks)
+    assert hard[0, :, 0, 0].tolist() == [1, 0, 0] and hard[0, :, 0, 1].tolist() == [0, 1, 0]
+
+
+def test_colour_instances_draws_background_black_and_objects_apart():
+    instances = torch.tensor([[[0, 1, 2, 3]]], dtype=torch.uint8)
+    picture = colour_instances(instances)[0, :, 0]  # (3, 4)
+    assert picture[:, 0].tolist() == [0, 0, 0]
+    objects = picture[:, 1:].T
+    assert (objects.sum(1) > 0.5).all() and torch.pdist(objects).min() > 0.1
+
+
+def test_mask_figure_adds_objects_and_untrained_columns(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    masks = torch.rand(4, 3, 32, 32, generator=generator).softmax(dim=1)
+    truth = torch.randint(0, 3, (4, 32, 32), generator=generator, dtype=torch.uint8)
+    plain = matplotlib.image.imread(mask_figure(images, masks, tmp_path / "a.png"))
+    full = matplotlib.image.imread(
+        mask_figure(images, masks, tmp_path / "b.png", truth=truth, untrained=masks.flip(1)))
+    tile = 96 + 2 * 5  # upscaled 32 px tile and its padding
+    assert plain.shape[1] == tile * (1 + 2 + 3)  # image, argmax, soft, 3 views
+    assert full.shape[1] == tile * (1 + 4 + 3)  # + objects, untrained
+    assert plain.shape[0] == full.shape[0]
