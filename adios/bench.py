@@ -1,99 +1,63 @@
 """``adios bench data``: does the data pipeline keep the model busy?
 
-Two throughputs for one configuration, measured one after the other on the training device:
+Two throughputs for one configuration, measured one after the other on the training device,
+both through the training loop's own code (:mod:`adios.engine`):
 
-- augmentation: the training loop's batch source (in memory, or streamed from files by worker
-  processes) followed by the two-view augmentation, consumed exactly as :func:`adios.train.train`
-  consumes them;
-- training: :func:`adios.train.train_step` (encoder step, then masker step) on the preset's models,
-  fed with one pair of views made beforehand.
+- augmentation: the batch source (in memory, or streamed from files by worker processes)
+  followed by the two-view augmentation (with the oracle's object layers), consumed exactly as
+  :func:`adios.train.train` consumes them;
+- training: full training iterations (:func:`adios.engine.iterations`: views, learning-rate
+  schedules, encoder and masker steps, BYOL's EMA update, the fp16 scaler) on the preset's
+  models, continuing through the epochs as a run would.
 
 Each runs ``warmup`` untimed iterations first. ``ratio`` = augmentation / training images per
-second. On a CPU-only machine both compete for the same cores during training, so the pipeline
-then costs about 1 / (ratio + 1) of the time; on a GPU it overlaps with the step.
+second; since a training iteration includes its augmentation, the pipeline takes about
+``1 / ratio`` of a CPU run's time (on a GPU the augmentation runs on the device too).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from adios.config import Config
-from adios.data.augment import TwoViewAugment
-from adios.data.datasets import load_dataset, to_device, training_batches
-from adios.perf import synchronize
-from adios.train import build_models, build_optimizers, epoch_generator, pick_device, train_step
-
-
-def _views(batches, augment: TwoViewAugment, seed: int) -> Iterator[tuple[Any, ...]]:
-    """Augmented batches epoch after epoch, with the randomness train() would use."""
-    for epoch in itertools.count():
-        generator = epoch_generator(seed, epoch)
-        for images, labels in batches.epoch(generator):
-            yield (*augment(images, generator), labels, generator)
-
-
-def _rate(run, count: int, warmup: int, device: torch.device) -> float:
-    """Images per second of ``run()`` (which returns its batch size) over ``count`` calls."""
-    for _ in range(warmup):
-        run()
-    synchronize(device)
-    start, images = time.perf_counter(), 0
-    for _ in range(count):
-        images += run()
-    synchronize(device)
-    return images / (time.perf_counter() - start)
+from adios.engine import epoch_batches, iterations, setup, timed, views
 
 
 def bench_data(
     cfg: Config, *, batches: int = 20, steps: int = 5, warmup: int = 2
 ) -> dict[str, Any]:
-    """Augmentation and training-step throughput (images/s) for ``cfg`` and their ratio."""
+    """Augmentation and training-iteration throughput (images/s) for ``cfg`` and their ratio."""
     if min(batches, steps) < 1 or warmup < 0:
         raise ValueError("bench: --batches and --steps must be >= 1, --warmup >= 0")
     load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
-    dataset = load_dataset(cfg.data, bank_size=cfg.train.knn_bank, progress=cfg.train.progress)
-    train_split = to_device(dataset.train, device)
-    source = training_batches(dataset, train_split, cfg.optim.batch_size, cfg.data.workers)
-    augment = TwoViewAugment(
-        cfg.augment.view_a, cfg.augment.view_b, cfg.data.image_size, dataset.mean, dataset.std
-    )
-    views = _views(source, augment, cfg.seed)
-    last: list[tuple[Any, ...]] = []
+    s = setup(cfg, progress=cfg.train.progress)
+    pipeline = _pipeline(s)
 
     def augment_once() -> int:
-        last[:] = [next(views)]
-        return last[0][0].shape[0]
+        return next(pipeline)
 
-    augment_rate = _rate(augment_once, batches, warmup, device)
+    augment_rate = timed(augment_once, batches, warmup, s.device)
+    s.models.objective.train()
+    training = iterations(s)
 
-    torch.manual_seed(cfg.seed)
-    labelled = train_split.labels is not None
-    models = build_models(cfg, dataset.num_classes if labelled else None, device)
-    encoder_opt, masker_opt = build_optimizers(cfg, models)
-    models.objective.train()
-    a, b, labels, generator = last[0]
+    def train_once() -> int:
+        return next(training)[0]
 
-    def step_once() -> int:
-        train_step(cfg, models, encoder_opt, masker_opt, a, b, labels, generator)
-        return a.shape[0]
-
-    train_rate = _rate(step_once, steps, warmup, device)
+    train_rate = timed(train_once, steps, warmup, s.device)
     return {
         "preset": cfg.preset,
-        "device": str(device),
+        "device": str(s.device),
         "threads": torch.get_num_threads(),
-        "batch_size": int(a.shape[0]),
+        "masking": cfg.masking.mode,
+        "objective": cfg.objective.name,
+        "batch_size": cfg.optim.batch_size,
         "image_size": cfg.data.image_size,
-        "source": "memory" if dataset.train_files is None else "stream",
+        "source": "memory" if s.dataset.train_files is None else "stream",
         "augment_batches": batches,
         "train_steps": steps,
         "augment_images_per_s": augment_rate,
@@ -103,17 +67,29 @@ def bench_data(
     }
 
 
+def _pipeline(s):
+    """Views of batch after batch, epoch after epoch, with the training loop's randomness;
+    yields each batch's size."""
+    epoch = 0
+    while True:
+        for _, (images, _labels, *instances), draws in epoch_batches(s, epoch):
+            views(s, images, instances, draws)
+            yield images.shape[0]
+        epoch += 1
+
+
 def format_bench(result: dict[str, Any]) -> str:
     load = result["load_average_1min"]
     return "\n".join(
         [
-            f"preset {result['preset']} on {result['device']} ({result['threads']} threads), batch "
+            f"preset {result['preset']} ({result['objective']}, masking {result['masking']}) on "
+            f"{result['device']} ({result['threads']} threads), batch "
             f"{result['batch_size']} at {result['image_size']} px, {result['source']} source"
             + (f", load average {load:.2f}" if load is not None else ""),
             f"augmentation pipeline  {result['augment_images_per_s']:10.1f} images/s  "
             f"({result['augment_batches']} batches)",
-            f"training step          {result['train_images_per_s']:10.1f} images/s  "
-            f"({result['train_steps']} steps)",
+            f"training iteration     {result['train_images_per_s']:10.1f} images/s  "
+            f"({result['train_steps']} steps, augmentation included)",
             f"ratio (augmentation / training): {result['ratio']:.1f}x",
         ]
     )

@@ -1,10 +1,12 @@
 """``adios bench step``: what one training step costs, per masking mode and schedule.
 
-For a preset (and overrides) it times :func:`adios.train.train_step` - both players, optimiser
-steps and the online probe included - for plain SimCLR (the preset's objective without masks),
-ADIOS-s and full ADIOS with each requested number of masks, under the ``reference``, ``fast``
-and ``single-pass`` schedules. The views are random tensors of the preset's batch and image size
-(a step's cost does not depend on pixel values), so no dataset is needed.
+For a preset (and overrides) it times the training loop's step (:meth:`adios.engine.Trainer.step`:
+learning-rate schedules, both players, optimiser steps, the online probe, BYOL's EMA update and
+the fp16 scaler) for the plain objective (no masks), ADIOS-s and full ADIOS with each requested
+number of masks, under the ``reference``, ``fast`` and ``single-pass`` schedules, and any fixed
+schemes asked for (``schemes``: mae, beit, rectangles, oracle). The views are random tensors of
+the preset's batch and image size (a step's cost does not depend on pixel values), the oracle's
+object layers random blobs, so no dataset is needed.
 
 Measurement: every configuration is built up front; a first, untimed step of each measures its
 peak memory (:class:`adios.perf.MemoryWindow`: its models, optimiser states and one step's
@@ -27,10 +29,14 @@ from typing import Any
 import torch
 
 from adios.config import Config, ConfigError
-from adios.perf import MemoryWindow, check_precision, grad_scaler, synchronize
-from adios.train import build_models, build_optimizers, pick_device, train_step
+from adios.engine import Trainer, build_trainer
+from adios.masking.blobs import random_blob_masks
+from adios.masking.schemes import LEARNED, SCHEMES
+from adios.perf import MemoryWindow, check_precision, pick_device, synchronize
 
 SCHEDULES = ("reference", "fast", "single-pass")
+FIXED = tuple(s for s in SCHEMES if s not in ("none", *LEARNED))
+OBJECTS = 4  # random object layers per image for the oracle
 PROBE_CLASSES = 10
 
 
@@ -40,16 +46,15 @@ class _Case:
     n_masks: int
     schedule: str
     cfg: Config
-    models: Any = None
-    optimizers: tuple = ()
-    scaler: Any = None
+    trainer: Trainer | None = None
     peak_mb: float | None = None
     seconds: list[float] | None = None
     steps_done: int = 0
 
 
-def cases(cfg: Config, n_masks: tuple[int, ...]) -> list[_Case]:
-    """Plain objective, ADIOS-s (with the first N) and full ADIOS per N, under each schedule."""
+def cases(cfg: Config, n_masks: tuple[int, ...], schemes: tuple[str, ...] = ()) -> list[_Case]:
+    """Plain objective, ADIOS-s (with the first N) and full ADIOS per N, under each schedule,
+    then each fixed scheme asked for."""
 
     def variant(masking: str, n: int, schedule: str) -> _Case:
         derived = copy.deepcopy(cfg)
@@ -61,6 +66,7 @@ def cases(cfg: Config, n_masks: tuple[int, ...]) -> list[_Case]:
     out = [variant("none", 0, "fast")]
     out += [variant("adios-s", n_masks[0], s) for s in SCHEDULES]
     out += [variant("adios", n, s) for n in n_masks for s in SCHEDULES]
+    out += [variant(scheme, 0, "fast") for scheme in schemes]
     return out
 
 
@@ -71,12 +77,15 @@ def bench_step(
     warmup: int = 1,
     repeats: int = 3,
     n_masks: tuple[int, ...] = (4, 6),
+    schemes: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """One row per configuration: images/s (median over rounds), peak memory and ratios."""
     if steps < 1 or repeats < 1 or warmup < 1:
         raise ConfigError("bench step: --steps, --repeats and --warmup must be >= 1")
     if not n_masks or any(n < 2 for n in n_masks):
         raise ConfigError("bench step: --masks needs numbers of masks >= 2")
+    if not set(schemes) <= set(FIXED):
+        raise ConfigError(f"bench step: --schemes takes fixed schemes from {', '.join(FIXED)}")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
@@ -86,29 +95,28 @@ def bench_step(
     a = torch.randn(batch, 3, size, size, generator=data).to(device)
     b = (a.cpu() + 0.3 * torch.randn(batch, 3, size, size, generator=data)).to(device)
     labels = torch.randint(PROBE_CLASSES, (batch,), generator=data).to(device)
+    objects = tuple(
+        random_blob_masks(batch, OBJECTS, size, generator=data).to(device) for _ in range(2)
+    )
+    planned = warmup + repeats * steps  # steps per configuration: its schedule's length
 
     def run(case: _Case, count: int) -> float:
         synchronize(device)
         start = time.perf_counter()
         for _ in range(count):
             generator = torch.Generator().manual_seed(case.steps_done)
-            train_step(
-                case.cfg, case.models, *case.optimizers, a, b, labels, generator, scaler=case.scaler
-            )
-            case.models.objective.after_encoder_step(case.steps_done, 10**6)
+            case.trainer.step(a, b, labels, generator, case.steps_done, objects)
             case.steps_done += 1
         synchronize(device)
         return (time.perf_counter() - start) / count
 
-    todo = cases(cfg, n_masks)
+    todo = cases(cfg, n_masks, schemes)
     for case in todo:  # build, and measure memory on the first (untimed) step
         gc.collect()
         window = MemoryWindow(device).open()
-        torch.manual_seed(cfg.seed)
-        case.models = build_models(case.cfg, PROBE_CLASSES, device)
-        case.models.objective.train()
-        case.optimizers = build_optimizers(case.cfg, case.models)
-        case.scaler = grad_scaler(cfg.train.precision, device)
+        case.cfg.train.epochs = 1
+        case.trainer = build_trainer(case.cfg, PROBE_CLASSES, device, steps_per_epoch=planned)
+        case.trainer.models.objective.train()
         run(case, 1)
         case.peak_mb = window.peak_mb()
     for _ in range(warmup - 1):
@@ -179,17 +187,17 @@ def format_step_table(rows: list[dict[str, Any]]) -> str:
         "cost = time per step / plain step; speed-up = images/s / the reference's (or fast's)"
     )
     header = (
-        f"{'masking':8s} {'N':>2s} {'schedule':11s} {'images/s':>9s} {'s/step':>7s} "
+        f"{'masking':10s} {'N':>2s} {'schedule':11s} {'images/s':>9s} {'s/step':>7s} "
         f"{'cost':>6s} {'vs ref':>7s} {'vs fast':>7s} {'peak MB':>8s}"
     )
     lines = [what, how, "", header]
     for r in rows:
-        plain = r["masking"] == "none"
+        plain = r["masking"] not in LEARNED  # no masker: schedules do not apply
         peak = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
         vs_ref = "-" if plain else f"{r['speedup_vs_reference']:.2f}x"
         vs_fast = "-" if plain else f"{r['speedup_vs_fast']:.2f}x"
         lines.append(
-            f"{r['masking']:8s} {r['n_masks'] or '-':>2} {'-' if plain else r['schedule']:11s} "
+            f"{r['masking']:10s} {r['n_masks'] or '-':>2} {'-' if plain else r['schedule']:11s} "
             f"{r['images_per_s']:9.1f} {r['seconds_per_step']:7.3f} {r['cost_vs_plain']:5.2f}x "
             f"{vs_ref:>7s} {vs_fast:>7s} {peak:>8s}"
         )

@@ -83,7 +83,8 @@ def _bench_step(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--masks: expected numbers like 4,6, got {args.masks!r}") from None
     rows = bench_step(load_config(args.overrides), steps=args.steps, warmup=args.warmup,
-                      repeats=args.repeats, n_masks=n_masks)
+                      repeats=args.repeats, n_masks=n_masks,
+                      schemes=tuple(w for w in args.schemes.split(",") if w))
     print(json.dumps(rows) if args.json else format_step_table(rows))
     return 0
 
@@ -143,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.add_argument("--masks", default="4,6", metavar="N,N",
                    help="numbers of masks for full ADIOS (default 4,6; ADIOS-s uses the first)")
+    p.add_argument("--schemes", default="", metavar="NAME,NAME",
+                   help="fixed masking schemes to time too: mae, beit, rectangles, oracle "
+                   "(random object layers; default none)")
     p.add_argument("--steps", type=int, default=1, metavar="N",
                    help="timed steps per configuration and round (default 1)")
     p.add_argument("--repeats", type=int, default=3, metavar="N",

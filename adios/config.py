@@ -18,8 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from adios.data.augment import ViewConfig
-from adios.data.scenes import SceneConfig
+from adios.config_data import SceneConfig, ViewConfig
 
 DEFAULT_PRESET = "shapes-simclr-adios"
 

@@ -183,7 +183,7 @@ def replicate(
     then computes the same ones, without it each keeps its own (process 0's are the ones saved).
     """
     if sync_bn:
-        sync_batch_norm(objective)
+        sync_batch_norm(objective, gather=all_gather_with_grad)
     gather_negatives(objective, env)
 
     # buffers are synchronised once at construction, never again (the option's name changed)

@@ -26,6 +26,15 @@ from adios.config import ConfigError
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def pick_device(name: str) -> torch.device:
+    """``train.device``: auto (CUDA when present), cpu or cuda (an error when there is none)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """fp16 needs loss scaling, which this package does on CUDA only."""
     if precision == "fp16" and device.type != "cuda":

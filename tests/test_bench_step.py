@@ -1,11 +1,15 @@
-"""``adios bench step``: one row per masking mode x schedule, as JSON and as a table."""
+"""``adios bench step`` times the training loop's own step (schedules, both players, EMA): every
+configuration it times really trains, for every objective and every fixed scheme too."""
 
 import json
 
 import pytest
 import torch
 
+from adios import bench_step
 from adios.cli import main
+from adios.engine import Trainer, train_step
+from adios.optim import apply_schedule
 
 TINY = [
     "preset=shapes-paper",  # a base that does not move when the default preset is tuned
@@ -17,6 +21,7 @@ TINY = [
     "train.device=cpu",
     "train.threads=1",
 ]
+FIXED = ("mae", "beit", "rectangles", "oracle")
 
 
 @pytest.fixture(autouse=True)
@@ -26,31 +31,76 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-def test_bench_step_json_rows_and_table(capsys):
-    assert main(["bench", "step", "--json", "--masks", "2,3", "--repeats", "2", *TINY]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    expected = [("none", 0, "fast")]
-    expected += [("adios-s", 2, s) for s in ("reference", "fast", "single-pass")]
-    expected += [("adios", n, s) for n in (2, 3) for s in ("reference", "fast", "single-pass")]
-    assert [(r["masking"], r["n_masks"], r["schedule"]) for r in rows] == expected
-    plain = rows[0]["images_per_s"]
-    for row in rows:
-        assert row["images_per_s"] > 0 and row["batch_size"] == 8
-        assert row["images_per_s"] == pytest.approx(8 / row["seconds_per_step"])
-        assert row["cost_vs_plain"] == pytest.approx(plain / row["images_per_s"])
-        assert row["peak_mem_mb"] is None or row["peak_mem_mb"] > 0
-    fast = {
-        (r["masking"], r["n_masks"]): r["images_per_s"] for r in rows if r["schedule"] == "fast"
-    }
-    for row in rows:
-        assert row["speedup_vs_fast"] == pytest.approx(
-            row["images_per_s"] / fast[row["masking"], row["n_masks"]]
-        )
+@pytest.fixture
+def recorded(monkeypatch):
+    """Every trainer bench step builds, with the initial state and the inputs of each step."""
+    built: list[dict] = []
+    original_build, original_step = bench_step.build_trainer, Trainer.step
 
-    assert main(["bench", "step", "--masks", "2", "--repeats", "1", *TINY]) == 0
-    text = capsys.readouterr().out
-    assert "images/s" in text and "peak MB" in text and "single-pass" in text
-    assert len([line for line in text.splitlines() if line.startswith("adios ")]) == 3
+    def build(cfg, *args, **kwargs):
+        trainer = original_build(cfg, *args, **kwargs)
+        built.append({"trainer": trainer, "steps": [], "start": _state(trainer),
+                      "rebuild": lambda: original_build(cfg, *args, **kwargs)})
+        return trainer
+
+    def step(self, a, b, labels, draws, index, objects=None):
+        entry = next(e for e in built if e["trainer"] is self)
+        entry["steps"].append((a, b, labels, draws.initial_seed(), index, objects))
+        return original_step(self, a, b, labels, draws, index, objects)
+
+    monkeypatch.setattr(bench_step, "build_trainer", build)
+    monkeypatch.setattr(Trainer, "step", step)
+    return built
+
+
+def _state(trainer) -> dict[str, torch.Tensor]:
+    models = trainer.models
+    state = {f"objective.{k}": v.clone() for k, v in models.objective.state_dict().items()}
+    if models.masker is not None:
+        state.update({f"masker.{k}": v.clone() for k, v in models.masker.state_dict().items()})
+    return state
+
+
+def _loop_body(trainer: Trainer, a, b, labels, seed, step, objects) -> None:
+    """What the training loop did per step before adios.engine existed, spelled out: the
+    learning-rate schedules, the game, then BYOL's EMA update."""
+    cfg = trainer.cfg
+    apply_schedule(trainer.encoder_opt, step, trainer.total_steps, trainer.warmup_steps,
+                   cfg.optim.final_lr_fraction)
+    if trainer.masker_opt is not None:
+        apply_schedule(trainer.masker_opt, step, trainer.total_steps, trainer.mask_warmup_steps,
+                       cfg.optim.final_lr_fraction)
+    train_step(cfg, trainer.models, trainer.encoder_opt, trainer.masker_opt, a, b, labels,
+               torch.Generator().manual_seed(seed), objects, scaler=trainer.scaler)
+    trainer.models.objective.after_encoder_step(step, trainer.total_steps)
+
+
+@pytest.mark.parametrize("objective", ["simclr", "byol", "simsiam"])
+def test_every_timed_configuration_is_a_training_step(recorded, capsys, objective):
+    args = ["--masks", "2", "--repeats", "1", "--schemes", ",".join(FIXED)]
+    assert main(["bench", "step", "--json", *args, *TINY, f"objective.name={objective}"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    expected = [("none", 0), *[("adios-s", 2)] * 3, *[("adios", 2)] * 3, *[(s, 0) for s in FIXED]]
+    assert [(r["masking"], r["n_masks"]) for r in rows] == expected
+    assert len(recorded) == len(rows)
+    for row, entry in zip(rows, recorded, strict=True):
+        assert entry["trainer"].cfg.masking.mode == row["masking"]
+        assert entry["trainer"].cfg.objective.name == objective
+        assert row["images_per_s"] > 0 and len(entry["steps"]) == 2  # warm-up + one round
+        # the same steps replayed through the training loop's body from the same initial state
+        replay = entry["rebuild"]()
+        assert all(torch.equal(v, entry["start"][k]) for k, v in _state(replay).items())
+        for inputs in entry["steps"]:
+            _loop_body(replay, *inputs)
+        after, timed = _state(replay), _state(entry["trainer"])
+        for key, value in after.items():
+            assert torch.equal(timed[key], value), (row["masking"], row["schedule"], key)
+        changed = [k for k in after if not torch.equal(after[k], entry["start"][k])]
+        assert any(k.startswith("objective.backbone.") for k in changed)
+        assert any(k.startswith("masker.") for k in changed) == (row["masking"] in ("adios",
+                                                                                   "adios-s"))
+        if objective == "byol":
+            assert any(k.startswith("objective.target_backbone.") for k in changed)
 
 
 def test_bench_step_rejects_bad_options(capsys):
@@ -58,3 +108,5 @@ def test_bench_step_rejects_bad_options(capsys):
     assert "--masks" in capsys.readouterr().err
     assert main(["bench", "step", "--repeats", "0", *TINY]) == 2
     assert "--repeats" in capsys.readouterr().err
+    assert main(["bench", "step", "--schemes", "adios", *TINY]) == 2
+    assert "--schemes" in capsys.readouterr().err

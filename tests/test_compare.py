@@ -99,7 +99,9 @@ def test_minutes_budget_measures_once_and_fits_whole_epochs(tmp_path, monkeypatc
     assert speed["seconds_per_epoch"] == pytest.approx(2 * speed["seconds_per_step"])
     calls = []
     monkeypatch.setattr(
-        compare, "seconds_per_epoch", lambda cfg: calls.append(cfg) or {"seconds_per_epoch": 4.0}
+        compare.calibrate,
+        "seconds_per_epoch",
+        lambda cfg: calls.append(cfg) or {"seconds_per_epoch": 4.0},
     )
     for cell in cells(grid):
         assert compare.budget_epochs(grid, cell, [], lambda msg: None) == 7
@@ -138,6 +140,7 @@ def test_interrupted_grid_reruns_only_unfinished_cells_and_writes_tables(tmp_pat
         for c in (oracle0, oracle1)
     ]
     assert float(rows[1]["knn_mean"]) == pytest.approx(statistics.mean(knn))
+    assert float(rows[0]["chance"]) == pytest.approx(1 / 5)  # five shapes
     assert float(rows[1]["knn_std"]) == pytest.approx(statistics.stdev(knn))
     markdown = (tmp_path / "results.md").read_text()
     assert (

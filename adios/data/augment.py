@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adios.config_data import ViewConfig  # noqa: F401  (config-level; importable from here)
+
 # torchvision's luma weights, used by grayscale, saturation and contrast.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 # Sigma of ``ViewConfig.blur_sigma`` is expressed in pixels of an image of this size.
@@ -42,67 +44,6 @@ BLUR_REFERENCE_SIZE = 224
 CPU_CHUNK_BYTES = 2**22
 # Column order of the jitter factors and the op ids used in ``jitter_order``.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
-
-
-@dataclass(frozen=True)
-class ViewConfig:
-    """Random augmentation of one view; defaults are the SimCLR/BYOL ImageNet recipe."""
-
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    flip_p: float = 0.5
-    solarize_p: float = 0.0
-    solarize_threshold: float = 0.5
-
-    def __post_init__(self) -> None:
-        # Configs often come from YAML, where pairs arrive as lists.
-        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
-            value = getattr(self, name)
-            if not isinstance(value, Sequence) or len(value) != 2:
-                raise ValueError(f"ViewConfig.{name} must be a pair (min, max), got {value!r}")
-            object.__setattr__(self, name, (float(value[0]), float(value[1])))
-        for field in fields(self):
-            values = getattr(self, field.name)
-            values = values if isinstance(values, tuple) else (values,)
-            if not all(math.isfinite(v) for v in values):
-                raise ValueError(f"ViewConfig.{field.name} must be finite, got {values}")
-
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(
-                f"ViewConfig.crop_scale must satisfy 0 < min <= max <= 1, got {lo, hi}"
-            )
-        lo, hi = self.crop_ratio
-        if not 0 < lo <= hi:
-            raise ValueError(f"ViewConfig.crop_ratio must satisfy 0 < min <= max, got {lo, hi}")
-        lo, hi = self.blur_sigma
-        if not 0 < lo <= hi:
-            raise ValueError(f"ViewConfig.blur_sigma must satisfy 0 < min <= max, got {lo, hi}")
-        for name in ("brightness", "contrast", "saturation"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"ViewConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"ViewConfig.hue must lie in [0, 0.5], got {self.hue}")
-        for name in ("jitter_p", "grayscale_p", "blur_p", "flip_p", "solarize_p"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"ViewConfig.{name} must lie in [0, 1], got {getattr(self, name)}")
-        if not 0 <= self.solarize_threshold <= 1:
-            raise ValueError(
-                f"ViewConfig.solarize_threshold must lie in [0, 1], got {self.solarize_threshold}"
-            )
-
-    @property
-    def uses_jitter(self) -> bool:
-        strengths = (self.brightness, self.contrast, self.saturation, self.hue)
-        return self.jitter_p > 0 and any(s > 0 for s in strengths)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from adios.config import DataConfig
 from adios.data.readers import (
     FASHION_MNIST_PATH,
     UNLABELED,
@@ -85,7 +86,11 @@ class _Report:
 
 
 def check_dataset(
-    cfg, *, detect: bool = True, progress: bool = True, write: Callable[[str], None] = print
+    cfg: DataConfig,
+    *,
+    detect: bool = True,
+    progress: bool = True,
+    write: Callable[[str], None] = print,
 ) -> int:
     """Scan the dataset a DataConfig names; 0 when clean, 1 when problems were found.
 
@@ -106,7 +111,7 @@ def check_dataset(
     return report.finish()
 
 
-def _check_folder(cfg, report: _Report, progress: bool) -> None:
+def _check_folder(cfg: DataConfig, report: _Report, progress: bool) -> None:
     layout = list_image_folder(cfg.path, cfg.class_list)
     report.write(
         f"{layout.root}: class folders ({', '.join(f'{s}/' for s in layout.splits)} "
@@ -163,7 +168,7 @@ def _check_files(
             report.digests[record.digest].append(f"{split}:{path}")
 
 
-def _check_arrays(name: str, cfg, report: _Report, progress: bool) -> None:
+def _check_arrays(name: str, cfg: DataConfig, report: _Report, progress: bool) -> None:
     splits = ["train", "test"]
     if name == "stl10":
         root = Path(cfg.path or "")

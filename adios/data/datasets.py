@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
+from adios.config import DataConfig
 from adios.data.readers import (
     UNLABELED,
     ArraySplit,
@@ -68,7 +69,7 @@ class Dataset:
     train_files: ImageFiles | None = None
 
 
-def load_dataset(cfg, bank_size: int = 4096, progress: bool = False) -> Dataset:
+def load_dataset(cfg: DataConfig, bank_size: int = 4096, progress: bool = False) -> Dataset:
     """Build the splits named by a DataConfig, every image validated before training starts.
 
     All splits are uint8 at ``cfg.image_size`` (resized, shorter side first, then centre-cropped,
@@ -95,7 +96,7 @@ def load_dataset(cfg, bank_size: int = 4096, progress: bool = False) -> Dataset:
                    mean=cfg.mean, std=cfg.std)
 
 
-def _scenes(cfg) -> Dataset:
+def _scenes(cfg: DataConfig) -> Dataset:
     """Generated scenes come from ``cfg.seed``."""
     scene_cfg = replace(cfg.scenes, image_size=cfg.image_size)
     splits = []
@@ -111,7 +112,7 @@ def _shuffled(n: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
-def _carve(labels: Tensor, cfg, carve_test: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _carve(labels: Tensor, cfg: DataConfig, carve_test: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Indices of train, val and (``carve_test``) test in a pool of training images.
 
     Val and test come from the labelled images; the training split is the rest, labelled images
@@ -144,7 +145,7 @@ def _take(part: ArraySplit, index: Tensor, size: int) -> Split:
     return Split(fit_size(part.images[index], size), part.labels[index])
 
 
-def _folder_dataset(cfg, bank_size: int, progress: bool) -> Dataset:
+def _folder_dataset(cfg: DataConfig, bank_size: int, progress: bool) -> Dataset:
     """A class-folder tree, decoded into memory, or streamed when it is too large (see module)."""
     layout = list_image_folder(cfg.path, cfg.class_list)
     if layout.empty_classes:

@@ -57,21 +57,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SHAPES: tuple[str, ...] = (
-    "circle",
-    "square",
-    "triangle",
-    "plus",
-    "star",
-    "ring",
-    "heart",
-    "crescent",
+# the config-level names scenes are built from (adios/config_data.py), importable from here too
+from adios.config_data import (  # noqa: F401
+    MAX_OBJECTS,
+    MIN_OBJECT_PIXELS,
+    SHAPES,
+    SceneConfig,
+    _is_int,
+    _is_real,
+    _require,
 )
+
 TEXTURES: tuple[str, ...] = ("gradient", "stripes", "checkerboard", "blobs", "noise")
 NUM_COLOUR_FAMILIES = 8  # hue sectors of 45 degrees; >= len(SHAPES) so each class gets its own
-MAX_OBJECTS = 10
 MIN_VISIBLE_PIXELS = 8
-MIN_OBJECT_PIXELS = 6  # smallest allowed object diameter; below it shapes are not recognisable
 
 _BACKGROUND_COLOUR_DISTANCE = 100.0
 _OBJECT_COLOUR_DISTANCE = 70.0
@@ -84,111 +83,6 @@ _LAYOUT_STREAM, _BACKGROUND_STREAM = 0, 1
 _TEMPLATE_SIZE = 160  # samples per side of a shape's template over [-extent, extent]
 _TEMPLATE_EXTENT = 1.05  # margin beyond the unit bounding circle, so clipped lookups read "outside"
 _TEMPLATE_STEP = 2 * _TEMPLATE_EXTENT / (_TEMPLATE_SIZE - 1)
-
-
-# ----------------------------------------------------------------------------- config helpers
-
-
-def _require(ok: bool, name: str, value: object, rule: str) -> None:
-    if not ok:
-        raise ValueError(f"SceneConfig.{name} = {value!r}: {rule}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class SceneConfig:
-    image_size: int = 32
-    min_objects: int = 1
-    max_objects: int = 4
-    count_weights: tuple[float, ...] | None = None  # relative prob. of min_objects..max_objects
-    shapes: tuple[str, ...] = SHAPES  # subset of SHAPES; labels index into this tuple
-    min_size: float = 0.25  # bounding-circle diameter as a fraction of the image side
-    max_size: float = 0.5
-    same_shape_prob: float = 0.0  # prob. that all objects of a scene share one shape
-    same_colour_prob: float = 0.0  # prob. that all objects of a scene share one colour
-    max_occlusion: float = 0.5  # most of an object's area that later objects may cover
-    background_contrast: float = 1.0  # 0 = flat backgrounds, 1 = full-strength textures
-    background_class_correlation: float = 0.0  # prob. that the label picks the background
-
-    def __post_init__(self) -> None:
-        # YAML gives lists; tuples keep the config hashable and comparable
-        if isinstance(self.shapes, list):
-            object.__setattr__(self, "shapes", tuple(self.shapes))
-        if isinstance(self.count_weights, list):
-            object.__setattr__(self, "count_weights", tuple(self.count_weights))
-
-        size = self.image_size
-        _require(
-            _is_int(size) and size >= 32 and size % 16 == 0,
-            "image_size",
-            size,
-            "must be an integer multiple of 16, at least 32",
-        )
-        _require(
-            _is_int(self.min_objects) and self.min_objects >= 1,
-            "min_objects",
-            self.min_objects,
-            "must be an integer >= 1",
-        )
-        _require(
-            _is_int(self.max_objects) and self.min_objects <= self.max_objects <= MAX_OBJECTS,
-            "max_objects",
-            self.max_objects,
-            f"must be an integer with min_objects <= max_objects <= {MAX_OBJECTS}",
-        )
-        if self.count_weights is not None:
-            counts = self.max_objects - self.min_objects + 1
-            weights = self.count_weights
-            _require(
-                isinstance(weights, tuple)
-                and len(weights) == counts
-                and all(_is_real(w) and math.isfinite(w) and w >= 0 for w in weights)
-                and sum(weights) > 0,
-                "count_weights",
-                weights,
-                f"must be None or {counts} non-negative weights (one per object count "
-                f"{self.min_objects}..{self.max_objects}) with a positive sum",
-            )
-        _require(
-            isinstance(self.shapes, tuple)
-            and len(self.shapes) > 0
-            and all(s in SHAPES for s in self.shapes)
-            and len(set(self.shapes)) == len(self.shapes),
-            "shapes",
-            self.shapes,
-            f"must be a non-empty tuple of distinct names from {SHAPES}",
-        )
-        _require(
-            _is_real(self.min_size)
-            and self.min_size > 0
-            and self.min_size * size >= MIN_OBJECT_PIXELS,
-            "min_size",
-            self.min_size,
-            f"must give objects at least {MIN_OBJECT_PIXELS} px across "
-            f"(>= {MIN_OBJECT_PIXELS / size:.4g} at image_size {size})",
-        )
-        _require(
-            _is_real(self.max_size) and self.min_size <= self.max_size <= 1,
-            "max_size",
-            self.max_size,
-            "must be in [min_size, 1]",
-        )
-        for name in (
-            "same_shape_prob",
-            "same_colour_prob",
-            "max_occlusion",
-            "background_contrast",
-            "background_class_correlation",
-        ):
-            value = getattr(self, name)
-            _require(_is_real(value) and 0 <= value <= 1, name, value, "must be in [0, 1]")
 
 
 @dataclass

@@ -38,8 +38,8 @@ from adios.evaluation.linear import WEIGHT_DECAYS, evaluate_linear, evaluate_lin
 from adios.evaluation.masks import evaluate_masks, mask_sources
 from adios.evaluation.protocol import FeatureSet, extract_feature_set
 from adios.evaluation.robustness import DEFAULT_CORRELATION, evaluate_backgrounds
-from adios.models import OcclusionModel, build_backbone
-from adios.train import pick_device
+from adios.models import build_backbone, build_masker
+from adios.perf import pick_device
 from adios.viz import mask_figure
 
 CHECKPOINT = "checkpoint.pt"
@@ -154,9 +154,7 @@ def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 
 
 def _build_masker(cfg: Config, state: dict[str, torch.Tensor]) -> nn.Module:
-    masker = OcclusionModel(
-        cfg.data.image_size, cfg.masker.n_masks, fbase=cfg.masker.fbase, norm=cfg.masker.norm
-    )
+    masker = build_masker(cfg)  # the trained masker's own build (its blur included)
     masker.load_state_dict(state)
     return masker.eval()
 

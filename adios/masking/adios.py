@@ -8,8 +8,8 @@ parameters each one moves. Two schedules compute the same numbers:
 * ``fast``: the unmasked view encoded once, the N masked copies encoded in one batched pass whose
   batch norms keep per-copy statistics (``batch_groups``), so parameter updates are identical.
 
-A third, ``single-pass`` (see :func:`adios.train.train_step`), is a different game: both players
-step on one forward and one backward, the masker's gradient arriving through
+A third, ``single-pass`` (see :func:`adios.engine.single_pass_step`), is a different game: both
+players step on one forward and one backward, the masker's gradient arriving through
 :func:`reverse_gradient` on the masks.
 """
 

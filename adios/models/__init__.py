@@ -13,7 +13,7 @@ from adios.models.heads import (
     simsiam_predictor,
     simsiam_projector,
 )
-from adios.models.masker import OcclusionModel
+from adios.models.masker import OcclusionModel, build_masker
 from adios.models.norm import BatchNorm1d, BatchNorm2d, batch_groups, frozen_bn_stats
 from adios.models.resnet import ResNet18
 from adios.models.vit import patch_size_for, vit_small, vit_tiny
@@ -25,6 +25,7 @@ __all__ = [
     "ResNet18",
     "batch_groups",
     "build_backbone",
+    "build_masker",
     "byol_projector",
     "frozen_bn_stats",
     "mlp",

@@ -23,13 +23,16 @@ first (they hurt a CNN encoder more than hiding any object), and they teach noth
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["OcclusionModel"]
+if TYPE_CHECKING:
+    from adios.config import Config
+
+__all__ = ["OcclusionModel", "build_masker"]
 
 NormKind = Literal["group", "instance", "none"]
 _GROUP_NORM_GROUPS = 8
@@ -164,3 +167,12 @@ class OcclusionModel(nn.Module):
                        k.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)
         return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"),
                         k.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)
+
+
+def build_masker(cfg: Config) -> OcclusionModel:
+    """The masker ``cfg`` describes, for training and for evaluation alike (one place, so that
+    an evaluated masker is the trained one: the same blur, norm and width)."""
+    m = cfg.masker
+    return OcclusionModel(
+        cfg.data.image_size, m.n_masks, fbase=m.fbase, norm=m.norm, blur_sigma=m.blur_sigma
+    )

@@ -16,7 +16,7 @@ Outside the contexts, and without synchronisation in a multi-process run, the la
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -32,12 +32,6 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _all_gather(tensor: Tensor) -> Tensor:
-    from adios.distributed import all_gather_with_grad  # only reached in a multi-process run
-
-    return all_gather_with_grad(tensor)
-
-
 class _GroupableBatchNorm(_BatchNorm):
     """Mixin holding the grouped/frozen/synchronised behaviour shared by the 1d and 2d layers.
 
@@ -48,6 +42,8 @@ class _GroupableBatchNorm(_BatchNorm):
     _stat_groups: int = 1
     _stats_frozen: bool = False
     _sync_stats: bool = False
+    # every process's tensor, concatenated with gradients (adios.distributed passes its helper)
+    _gather: Callable[[Tensor], Tensor] | None = None
 
     def forward(self, input: Tensor) -> Tensor:
         uses_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
@@ -112,7 +108,7 @@ class _GroupableBatchNorm(_BatchNorm):
             m2 = (values - mean.view(shape)).square().sum(dim=dims)
             count = mean.new_full((1,), part.numel() // channels)
             local.append(torch.cat([mean, m2, count]))
-        gathered = _all_gather(torch.stack(local)).view(-1, len(parts), 2 * channels + 1)
+        gathered = self._gather(torch.stack(local)).view(-1, len(parts), 2 * channels + 1)
         means, m2s = gathered[..., :channels], gathered[..., channels : 2 * channels]
         counts = gathered[..., 2 * channels :].detach()
         total = counts.sum(dim=0)
@@ -197,10 +193,22 @@ def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
             norm._stats_frozen = value
 
 
-def sync_batch_norm(module: nn.Module, enabled: bool = True) -> int:
+def sync_batch_norm(
+    module: nn.Module,
+    enabled: bool = True,
+    *,
+    gather: Callable[[Tensor], Tensor] | None = None,
+) -> int:
     """Switch every adios batch norm in ``module`` to statistics over all processes of the
-    default process group (a no-op while only one process runs); returns how many layers."""
+    default process group (a no-op while only one process runs); returns how many layers.
+
+    ``gather``: every process's tensor concatenated in rank order, with gradients
+    (:func:`adios.distributed.all_gather_with_grad`; passed in, so that the models need nothing
+    from the distributed layer above them)."""
+    if enabled and gather is None:
+        raise ValueError("sync_batch_norm: give gather= (adios.distributed.all_gather_with_grad)")
     norms = _adios_batch_norms(module)
     for norm in norms:
         norm._sync_stats = enabled
+        norm._gather = gather if enabled else None
     return len(norms)

@@ -134,3 +134,15 @@ def test_another_dataset_name_does_not_inherit_the_runs_split_sizes():
     assert _evaluation_base(saved, ["data.name=cifar10"])["data"] == {"image_size": 48}
     assert _evaluation_base(saved, ["data.name=shapes", "data.seed=2"]) is saved
     assert _evaluation_base(saved, ["data.num_train=10"]) is saved
+
+
+def test_eval_masks_reproduces_the_summary_of_a_run_with_blurred_masks(tmp_path):
+    """The evaluated masker is the trained one, blur included: its scores are the summary's."""
+    path = tmp_path / "blurred"
+    assert main(["train", f"run_dir={path}", *TINY, "train.epochs=1", "masker.blur_sigma=1.5"]) == 0
+    assert main(["eval", "masks", str(path)]) == 0
+    summary, sources = read(path / "summary.json"), read(path / "eval_masks.json")["sources"]
+    pairs = (("trained", ""), ("untrained", "_untrained"), ("random_blobs", "_random"))
+    for source, suffix in pairs:
+        assert sources[source]["fg_ari"] == pytest.approx(summary[f"mask_fg_ari{suffix}"], abs=1e-6)
+        assert sources[source]["mbo"] == pytest.approx(summary[f"mask_mbo{suffix}"], abs=1e-6)

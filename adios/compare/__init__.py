@@ -1,0 +1,119 @@
+"""``adios compare GRID.yaml``: masking schemes compared under one protocol, as one command.
+
+A grid file names dataset presets, masking schemes, objectives and seeds, a budget shared by
+every cell, and overrides; every combination is a *cell*, trained as a normal run directory
+``OUTPUT/<preset>/<objective>-<scheme>-seed<seed>`` and then evaluated with the protocol of
+``adios eval`` (kNN with k and T chosen on val, the fast linear probe with its weight decay
+chosen on val; test scored once)::
+
+    description: what the grid is for
+    output: runs/compare/NAME          # default: runs/compare/<grid file name>
+    presets: [shapes-simclr-adios]     # or preset: NAME
+    schemes: [none, mae, beit, rectangles, oracle, adios-s, adios]
+    objectives: [simclr]
+    seeds: [0, 1, 2]
+    budget: {epochs: 20}               # or {minutes: 5}: training time per cell
+    overrides: {train.threads: 2}      # every cell (a mapping, or a list of KEY=VALUE)
+    scheme_overrides: {adios: {optim.mask_lr: 0.1}}   # per scheme (and objective_overrides)
+
+A budget in minutes is turned into epochs once per (preset, objective, scheme), from the
+measured speed of a few training steps (augmentation + step, the training loop's own
+functions), and kept in ``OUTPUT/calibration.json``: cheap schemes get more epochs, so the
+cells compare at equal compute and the learning-rate schedule of each cell still runs to its
+end.
+
+Interrupting is safe: a cell with summary.json and both evaluations is not run again, a cell
+with a checkpoint resumes from it (exactly, see :mod:`adios.train`), a cell with summary.json
+but no evaluation is only evaluated. After every cell the table is rewritten from whatever has
+finished: ``results.md`` and ``results.csv`` (mean +- std over seeds), ``cells.csv`` (every
+cell) and ``results.png`` (bars with std error bars).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from adios.compare import calibrate
+from adios.compare.calibrate import (
+    CALIBRATION,
+    budget_epochs,
+    epochs_for_minutes,
+    seconds_per_epoch,
+)
+from adios.compare.grid import (
+    CELL_KEYS,
+    GRID_KEYS,
+    Cell,
+    Grid,
+    cell_config,
+    cells,
+    load_grid,
+    parse_grid,
+)
+from adios.compare.run import FREE_KEYS, cell_state, evaluate_cell, run_cell, run_grid
+from adios.compare.tables import (
+    EVALUATIONS,
+    METRICS,
+    bar_plot,
+    cell_results,
+    collect,
+    machine,
+    markdown_table,
+    write_tables,
+)
+from adios.config import ConfigError
+
+__all__ = [
+    "CALIBRATION",
+    "CELL_KEYS",
+    "EVALUATIONS",
+    "FREE_KEYS",
+    "GRID_KEYS",
+    "METRICS",
+    "Cell",
+    "Grid",
+    "bar_plot",
+    "budget_epochs",
+    "calibrate",
+    "cell_config",
+    "cell_results",
+    "cell_state",
+    "cells",
+    "collect",
+    "epochs_for_minutes",
+    "evaluate_cell",
+    "load_grid",
+    "machine",
+    "main",
+    "markdown_table",
+    "parse_grid",
+    "run_cell",
+    "run_grid",
+    "seconds_per_epoch",
+    "write_tables",
+]
+
+
+def main(args: Any) -> int:
+    """``adios compare GRID [KEY=VALUE...] [--out DIR] [--dry-run | --table-only]``."""
+    paths = [w for w in args.overrides if "=" not in w]
+    if len(paths) != 1:
+        raise ConfigError("compare: give exactly one grid file")
+    extra = [w for w in args.overrides if "=" in w]
+    grid = load_grid(Path(paths[0]), args.out)
+    if args.dry_run:
+        for cell in cells(grid):
+            cell_config(grid, cell, grid.epochs or 1, extra)
+            print(f"{cell_state(cell.run_dir(grid)):9s} {cell.run_dir(grid)}")
+        return 0
+    if args.table_only:
+        for path in write_tables(grid):
+            print(path)
+        return 0
+    words = ["adios", "compare", paths[0], *extra]
+    if args.out:
+        words += ["--out", str(args.out)]
+    run_grid(grid, extra, say=lambda msg: print(msg, flush=True), command=shlex.join(words))
+    return 0

@@ -1,0 +1,158 @@
+"""Running a grid: each cell trained (or resumed) as a normal run, then evaluated with the
+protocol of ``adios eval``; the tables rewritten after every cell."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adios.checkpoint import RunDirError, write_json
+from adios.compare.calibrate import budget_epochs
+from adios.compare.grid import Cell, Grid, cell_config, cells
+from adios.compare.tables import EVALUATIONS, cell_results, machine, write_tables
+from adios.config import to_dict
+
+# settings that do not change a cell's result: a rerun may change them
+FREE_KEYS = (
+    "run_dir",
+    "train.device",
+    "train.threads",
+    "train.progress",
+    "data.workers",
+    "train.eval_batch_size",
+)
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config without the keys that do not change results."""
+    out = json.loads(json.dumps(cfg))
+    for key in FREE_KEYS:
+        node, *path = key.split(".")
+        if path:
+            out.get(node, {}).pop(path[0], None)
+        else:
+            out.pop(node, None)
+    return out
+
+
+def cell_state(run_dir: Path) -> str:
+    """done | failed | evaluate (trained, not evaluated) | resume | start (nothing usable)."""
+    if (run_dir / "error.json").is_file():
+        return "failed"
+    if (run_dir / "summary.json").is_file():
+        done = all((run_dir / name).is_file() for name in EVALUATIONS)
+        return "done" if done else "evaluate"
+    if (run_dir / "checkpoint.pt").is_file():
+        return "resume"
+    return "start"
+
+
+def evaluate_cell(run_dir: Path) -> None:
+    """kNN and the fast linear probe of ``adios eval`` (written to the cell's eval_*.json)."""
+    from adios.evaluation.commands import load_setup, run_knn, run_linear_fast
+
+    setup = load_setup([str(run_dir)], command=f"adios eval knn {run_dir}")
+    run_knn(setup)
+    setup.command = f"adios eval linear --fast {run_dir}"
+    run_linear_fast(setup)
+
+
+def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], None]) -> str:
+    """Train (or resume) and evaluate one cell; returns what was done."""
+    from adios.train import train
+
+    run_dir = cell.run_dir(grid)
+    state = cell_state(run_dir)
+    if state in ("done", "failed"):
+        return state
+    cfg = cell_config(grid, cell, budget_epochs(grid, cell, extra, say), extra)
+    saved_path = run_dir / "config.yaml"
+    if state in ("resume", "evaluate") and saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text())
+        if _comparable(saved) != _comparable(to_dict(cfg)):
+            raise RunDirError(
+                f"{run_dir} was made with another configuration than the grid now "
+                "gives; delete it, or give the grid another output folder"
+            )
+    if state != "evaluate":
+        try:
+            train(cfg, resume=state == "resume", overwrite=state == "start")
+        except FloatingPointError as err:
+            write_json({"error": str(err)}, run_dir / "error.json")
+            say(f"  failed: {err}")
+            return "failed"
+    evaluate_cell(run_dir)
+    return {"start": "trained", "resume": "resumed", "evaluate": "evaluated"}[state]
+
+
+def run_grid(
+    grid: Grid, extra: Sequence[str] = (), say: Callable[[str], None] = print, command: str = ""
+) -> dict[Cell, str]:
+    """Run every unfinished cell, rewriting the table after each; returns what each cell did."""
+    all_cells = cells(grid)
+    for cell in all_cells:  # every cell's configuration is valid before anything runs
+        cell_config(grid, cell, grid.epochs or 1, extra)
+    grid.output.mkdir(parents=True, exist_ok=True)
+    _record(grid, extra, command)
+    todo = [c for c in all_cells if cell_state(c.run_dir(grid)) not in ("done", "failed")]
+    say(
+        f"{len(all_cells)} cells in {grid.output}: {len(all_cells) - len(todo)} finished, "
+        f"{len(todo)} to run"
+    )
+    statuses = {c: cell_state(c.run_dir(grid)) for c in all_cells if c not in todo}
+    durations: list[float] = []
+    for i, cell in enumerate(todo):
+        left = len(todo) - i
+        if durations:
+            eta = f", ETA {_duration(statistics.mean(durations) * left)}"
+        elif grid.minutes is not None:
+            eta = f", ETA about {_duration(grid.minutes * 60 * 1.2 * left)}"
+        else:
+            eta = ""
+        say(
+            f"[{len(all_cells) - left + 1}/{len(all_cells)}] {cell.label} "
+            f"({left - 1} more after this{eta})"
+        )
+        started = time.time()
+        statuses[cell] = run_cell(grid, cell, extra, say)
+        durations.append(time.time() - started)
+        say(f"  {statuses[cell]} in {_duration(durations[-1])}: {_headline(cell.run_dir(grid))}")
+        write_tables(grid)
+    paths = write_tables(grid)
+    say("tables: " + ", ".join(str(p) for p in paths))
+    return statuses
+
+
+def _record(grid: Grid, extra: Sequence[str], command: str) -> None:
+    """The grid as run, the command and the machine, next to the cells."""
+    info = {
+        "command": command,
+        "grid_file": grid.source,
+        "extra_overrides": list(extra),
+        "machine": machine(),
+    }
+    grid_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(grid).items()}
+    write_json({**info, "grid": grid_dict}, grid.output / "grid.json")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _headline(run_dir: Path) -> str:
+    row = cell_results(run_dir)
+    parts = [
+        f"{label} {row[key]:.1%}"
+        for key, label in (("knn", "kNN"), ("knn_k20", "kNN k=20"), ("linear", "linear"))
+        if row.get(key) is not None
+    ]
+    return ", ".join(parts) or "no results"

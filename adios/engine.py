@@ -1,0 +1,458 @@
+"""One training iteration, built in one place: what ``train``, ``compare`` and ``bench`` all run.
+
+:func:`setup` builds everything a run steps with (data, views, models, optimisers, scaler,
+batch source, schedule numbers); :func:`iteration` turns one raw batch into views and plays one
+round of the game (:func:`train_step`) with the learning-rate schedules, BYOL's EMA update and
+the fp16 scaler. The training loop, the compare calibration and ``adios bench data`` iterate
+with :func:`iterations`, so what they time is exactly what trains.
+
+:func:`train_step` reads top to bottom: :func:`draw_masks` (the learned masker's forward, or
+the fixed scheme's draw), then either :func:`single_pass_step` or :func:`encoder_step` followed
+by :func:`masker_step`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adios.config import Config
+from adios.data.augment import TwoViewAugment
+from adios.data.datasets import Dataset, Split, load_dataset, to_device, training_batches
+from adios.distributed import DistEnv, Replicas, process_generator, shard
+from adios.masking.adios import frozen, mask_sizes, penalty_term, reverse_gradient, siamese_loss
+from adios.masking.schemes import LEARNED, MaskScheme, fixed_scheme, views_with_objects
+from adios.models import build_backbone, build_masker
+from adios.objectives import build_objective
+from adios.objectives.base import SiameseObjective
+from adios.optim import apply_schedule, build_optimizer, param_groups
+from adios.perf import (
+    autocast,
+    backward,
+    channels_last,
+    compile_module,
+    grad_scaler,
+    optimizer_step,
+    pick_device,
+    synchronize,
+    use_channels_last,
+)
+
+
+@dataclass
+class Models:
+    objective: SiameseObjective  # owns the backbone and heads (and BYOL's target)
+    masker: nn.Module | None
+    probe: nn.Module | None  # online linear probe on detached features
+    replicas: Replicas | None = None  # their DistributedDataParallel wrappers (torchrun)
+    scheme: MaskScheme | None = None  # a fixed masking scheme (mae, beit, rectangles, oracle)
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.objective.backbone
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """All randomness of one epoch; a resumed run redraws exactly the same numbers."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def build_models(cfg: Config, num_classes: int | None, device: torch.device) -> Models:
+    backbone = build_backbone(
+        cfg.model.backbone, cfg.data.image_size, width=cfg.model.width, stem=cfg.model.stem
+    )
+    kwargs = {"temperature": cfg.objective.temperature} if cfg.objective.name == "simclr" else {}
+    if cfg.objective.name == "byol":
+        kwargs.update(base_momentum=cfg.objective.base_momentum,
+                      final_momentum=cfg.objective.final_momentum)
+    for key in ("proj_hidden", "proj_out", "pred_hidden"):
+        value = getattr(cfg.objective, key)
+        if value is not None:
+            if key == "pred_hidden" and cfg.objective.name == "simclr":
+                raise ValueError("objective.pred_hidden: SimCLR has no predictor")
+            kwargs[key] = value
+    objective = build_objective(cfg.objective.name, backbone, **kwargs)
+    masker = build_masker(cfg) if cfg.masking.mode in LEARNED else None
+    probe = nn.Linear(backbone.out_dim, num_classes) if num_classes else None
+    models = Models(objective.to(device), masker and masker.to(device), probe and probe.to(device),
+                    scheme=fixed_scheme(cfg.masking, cfg.data.image_size))
+    if cfg.train.channels_last:
+        use_channels_last(models.objective, models.masker)
+    if cfg.train.compile:
+        compile_module(models.backbone)
+    return models
+
+
+def build_optimizers(cfg: Config, models: Models) -> tuple[torch.optim.Optimizer, Any]:
+    o = cfg.optim
+    # optim.lr_scaling=linear: rates are per lr_reference_batch images of the global batch
+    scale = o.batch_size / o.lr_reference_batch if o.lr_scaling == "linear" else 1.0
+    lr, mask_lr = o.lr * scale, o.mask_lr * scale
+    groups = param_groups([models.objective], weight_decay=o.weight_decay, lr=lr)
+    if models.probe is not None:
+        groups.append({"params": list(models.probe.parameters()), "lr": o.probe_lr * scale,
+                       "weight_decay": 0.0, "lars_exclude": True})
+    encoder_opt = build_optimizer(o.name, groups, lr=lr, weight_decay=o.weight_decay,
+                                  momentum=o.momentum, eta=o.eta)
+    masker_opt = None
+    if models.masker is not None:
+        mgroups = param_groups([models.masker], weight_decay=o.mask_weight_decay, lr=mask_lr)
+        masker_opt = build_optimizer(o.mask_name or o.name, mgroups, lr=mask_lr,
+                                     weight_decay=o.mask_weight_decay, momentum=o.momentum,
+                                     eta=o.eta)
+    for opt in (encoder_opt, masker_opt):
+        for group in opt.param_groups if opt is not None else []:
+            group["base_lr"] = group["lr"]
+    return encoder_opt, masker_opt
+
+
+# ----------------------------------------------------------------------------- one round
+
+
+@dataclass
+class DrawnMasks:
+    """This step's masks. Learned ones (B, N, H, W) keep their graph (the masker step reuses
+    the forward); a fixed scheme's (B, 1, H, W) are plain tensors and occlude the views as they
+    are. ``index_*``: ADIOS-s's mask per image."""
+
+    b: Tensor | None = None
+    a: Tensor | None = None  # objectives that mask both views
+    index_b: Tensor | None = None
+    index_a: Tensor | None = None
+    fixed: bool = False
+
+
+def draw_masks(cfg: Config, models: Models, a: Tensor, b: Tensor, generator: torch.Generator,
+               objects: tuple[Tensor, Tensor] | None, amp: AbstractContextManager) -> DrawnMasks:
+    """The masks of view b (and of view a when the objective masks both views)."""
+    both = models.objective.masks_both_views
+    if models.scheme is not None:
+        objects_a, objects_b = objects if objects is not None else (None, None)
+        masks_b = models.scheme(b.shape[0], generator, b.device, objects_b)
+        masks_a = models.scheme(a.shape[0], generator, a.device, objects_a) if both else None
+        return DrawnMasks(masks_b, masks_a, fixed=True)
+    if models.masker is None:
+        return DrawnMasks()
+    mask = _masker(models)
+    with amp:
+        drawn = DrawnMasks(mask(b), mask(a) if both else None)
+    if cfg.masking.mode == "adios-s":
+        n_masks = drawn.b.shape[1]
+        drawn.index_b = torch.randint(n_masks, (b.shape[0],), generator=generator).to(b.device)
+        drawn.index_a = torch.randint(n_masks, (a.shape[0],), generator=generator).to(a.device)
+    return drawn
+
+
+def _masker(models: Models) -> Callable[[Tensor], Tensor]:
+    replicas = models.replicas
+    return replicas.masker if replicas and replicas.masker else models.masker
+
+
+def _detach(masks: Tensor | None) -> Tensor | None:
+    return None if masks is None else masks.detach()
+
+
+def _occlude(x: Tensor, masks: Tensor | None) -> Tensor:
+    return x if masks is None else x * (1.0 - masks)
+
+
+def _penalty(masks: DrawnMasks) -> Tensor:
+    return penalty_term(masks.b) + (penalty_term(masks.a) if masks.a is not None else 0.0)
+
+
+def _encoder_loss(cfg: Config, models: Models, a: Tensor, b: Tensor, labels: Tensor | None,
+                  masks: DrawnMasks, seen: Callable[[Tensor | None], Tensor | None],
+                  schedule: str) -> tuple[Tensor, dict[str, float]]:
+    """The encoder's objective (SSL loss + the online probe on detached features), the masks
+    passed through ``seen`` (detached, or gradient-reversed for the single pass)."""
+    objective, probe, replicas = models.objective, models.probe, models.replicas
+    encode = replicas.encoder if replicas else objective.forward_views
+    if masks.fixed:  # one fixed mask per image hides its pixels; the views go in occluded
+        loss, out_a = siamese_loss(objective, _occlude(a, masks.a), _occlude(b, masks.b), None,
+                                   "none", encode=encode)
+    else:
+        loss, out_a = siamese_loss(objective, a, b, seen(masks.b), cfg.masking.mode,
+                                   masks_a=seen(masks.a), index_b=masks.index_b,
+                                   index_a=masks.index_a, schedule=schedule, encode=encode)
+    total, stats = loss, {"loss": loss.item()}
+    if masks.fixed:
+        stats["mask_sizes"] = mask_sizes(masks.b).mean(0).tolist()
+    if probe is not None and labels is not None:
+        classify = replicas.probe if replicas and replicas.probe else probe
+        logits = classify(out_a["h"].detach())
+        known = (labels >= 0).sum().clamp_min(1)  # unlabelled images (STL-10) carry label -1
+        probe_loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / known
+        total = total + probe_loss
+        stats["probe_loss"] = probe_loss.item()
+        stats["probe_acc"] = ((logits.argmax(1) == labels).sum() / known).item()
+    return total, stats
+
+
+def encoder_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optimizer, a: Tensor,
+                 b: Tensor, labels: Tensor | None, masks: DrawnMasks,
+                 amp: AbstractContextManager,
+                 scaler: torch.amp.GradScaler | None) -> dict[str, float]:
+    """Masks fixed: the encoder (and the probe) minimise the SSL loss."""
+    schedule = cfg.masking.schedule
+    with amp:
+        total, stats = _encoder_loss(cfg, models, a, b, labels, masks, _detach,
+                                     "fast" if schedule == "single-pass" else schedule)
+    encoder_opt.zero_grad(set_to_none=True)
+    backward(total, scaler)
+    optimizer_step(encoder_opt, scaler)
+    return stats
+
+
+def masker_step(cfg: Config, models: Models, masker_opt: torch.optim.Optimizer, a: Tensor,
+                b: Tensor, masks: DrawnMasks, amp: AbstractContextManager,
+                scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
+    """Encoder frozen (weights and batch-norm statistics): the masker maximises loss - penalty."""
+    schedule, objective = cfg.masking.schedule, models.objective
+    with amp:
+        if schedule == "reference":  # the plain schedule recomputes the masks
+            mask = _masker(models)
+            masks = DrawnMasks(mask(b), mask(a) if masks.a is not None else None,
+                               masks.index_b, masks.index_a)
+        with frozen(objective):  # the bare encoder: no DDP gradient reduction for it
+            adv_loss, _ = siamese_loss(objective, a, b, masks.b, cfg.masking.mode,
+                                       masks_a=masks.a, index_b=masks.index_b,
+                                       index_a=masks.index_a, schedule=schedule)
+        penalty = _penalty(masks)
+    masker_opt.zero_grad(set_to_none=True)
+    backward(-(adv_loss - cfg.masking.alpha_sparsity * penalty), scaler)
+    optimizer_step(masker_opt, scaler)
+    return {"adv_loss": adv_loss.item(), "penalty": float(penalty.detach()),
+            "mask_sizes": mask_sizes(masks.b.detach().float()).mean(0).tolist()}
+
+
+def single_pass_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optimizer,
+                     masker_opt: torch.optim.Optimizer | None, a: Tensor, b: Tensor,
+                     labels: Tensor | None, masks: DrawnMasks, amp: AbstractContextManager,
+                     scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
+    """Both moves on one forward and one backward: the masks see the loss's gradient reversed
+    (:func:`reverse_gradient`) and pay their penalty; then both optimisers step."""
+    with amp:
+        total, stats = _encoder_loss(cfg, models, a, b, labels, masks, reverse_gradient, "fast")
+        penalty = _penalty(masks)
+        total = total + cfg.masking.alpha_sparsity * penalty
+    encoder_opt.zero_grad(set_to_none=True)
+    if masker_opt is not None:
+        masker_opt.zero_grad(set_to_none=True)
+    backward(total, scaler)
+    optimizer_step(encoder_opt, scaler)
+    if masker_opt is not None:
+        optimizer_step(masker_opt, scaler)
+    stats.update(adv_loss=stats["loss"], penalty=float(penalty.detach()),
+                 mask_sizes=mask_sizes(masks.b.detach().float()).mean(0).tolist())
+    return stats
+
+
+def train_step(
+    cfg: Config,
+    models: Models,
+    encoder_opt: torch.optim.Optimizer,
+    masker_opt: torch.optim.Optimizer | None,
+    a: Tensor,
+    b: Tensor,
+    labels: Tensor | None,
+    generator: torch.Generator,
+    objects: tuple[Tensor, Tensor] | None = None,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, Any]:
+    """One round of the game: the encoder minimises the SSL loss, then the masker maximises it.
+
+    A fixed masking scheme (``models.scheme``: mae, beit, rectangles, oracle) draws one mask per
+    image and has no masker step; ``objects`` are the views' object layers (a, b), which the
+    oracle hides. ``masking.schedule=single-pass`` plays both moves at once. In a torchrun run
+    (``models.replicas``) the differentiable forwards go through their DDP wrappers, except the
+    masker step's frozen encoder passes, which therefore never reduce encoder gradients.
+    ``scaler``: fp16 loss scaling (:func:`adios.perf.grad_scaler`). Without ``masker_opt`` the
+    masker only draws masks (its step is skipped).
+    """
+    if cfg.train.channels_last:
+        a, b = channels_last(a), channels_last(b)
+    amp = autocast(cfg.train.precision, a.device)
+    masks = draw_masks(cfg, models, a, b, generator, objects, amp)
+    if cfg.masking.schedule == "single-pass" and models.masker is not None:
+        stats = single_pass_step(cfg, models, encoder_opt, masker_opt, a, b, labels, masks, amp,
+                                 scaler)
+    else:
+        stats = encoder_step(cfg, models, encoder_opt, a, b, labels, masks, amp, scaler)
+        if models.masker is not None and masker_opt is not None:
+            stats.update(masker_step(cfg, models, masker_opt, a, b, masks, amp, scaler))
+    if scaler is not None:
+        scaler.update()
+    return stats
+
+
+# ----------------------------------------------------------------------------- the loop's parts
+
+
+@dataclass
+class Trainer:
+    """What one step needs: the models, their optimisers, the scaler and the schedule numbers."""
+
+    cfg: Config
+    models: Models
+    encoder_opt: torch.optim.Optimizer
+    masker_opt: torch.optim.Optimizer | None
+    scaler: torch.amp.GradScaler | None
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    mask_warmup_steps: int
+
+    def step(self, a: Tensor, b: Tensor, labels: Tensor | None, draws: torch.Generator,
+             step: int, objects: tuple[Tensor, Tensor] | None = None) -> dict[str, Any]:
+        """Step ``step`` of the run on a pair of views: schedules, the game, BYOL's EMA."""
+        final = self.cfg.optim.final_lr_fraction
+        apply_schedule(self.encoder_opt, step, self.total_steps, self.warmup_steps, final)
+        if self.masker_opt is not None:
+            apply_schedule(self.masker_opt, step, self.total_steps, self.mask_warmup_steps, final)
+        stats = train_step(self.cfg, self.models, self.encoder_opt, self.masker_opt, a, b,
+                           labels, draws, objects, scaler=self.scaler)
+        self.models.objective.after_encoder_step(step, self.total_steps)
+        if not all(math.isfinite(v) for v in stats.values() if isinstance(v, float)):
+            raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
+        return stats
+
+
+def build_trainer(cfg: Config, num_classes: int | None, device: torch.device,
+                  steps_per_epoch: int) -> Trainer:
+    """Models (seeded by ``cfg.seed``), optimisers, scaler and schedule for ``steps_per_epoch``."""
+    torch.manual_seed(cfg.seed)
+    models = build_models(cfg, num_classes, device)
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    mask_warmup = cfg.optim.mask_warmup_epochs
+    return Trainer(
+        cfg, models, encoder_opt, masker_opt, grad_scaler(cfg.train.precision, device),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=cfg.train.epochs * steps_per_epoch,
+        warmup_steps=warmup_steps,
+        mask_warmup_steps=(warmup_steps if mask_warmup is None
+                           else round(mask_warmup * steps_per_epoch)),
+    )
+
+
+@dataclass
+class Setup:
+    """Everything a run steps with; :func:`setup` builds it."""
+
+    cfg: Config
+    device: torch.device
+    env: DistEnv
+    dataset: Dataset
+    train_split: Split  # on the device
+    val_split: Split
+    augment: TwoViewAugment
+    batches: Any  # the batch source (this process's shard under torchrun)
+    trainer: Trainer
+
+    @property
+    def models(self) -> Models:
+        return self.trainer.models
+
+    @property
+    def labelled(self) -> bool:
+        return self.train_split.labels is not None
+
+    @property
+    def needs_objects(self) -> bool:
+        """The oracle hides ground-truth objects: batches carry instance maps."""
+        return getattr(self.models.scheme, "needs_objects", False)
+
+
+def setup(cfg: Config, device: torch.device | None = None, env: DistEnv | None = None, *,
+          progress: bool = False) -> Setup:
+    """Data on the device, the two-view augmentation, the models and the batch source."""
+    device = pick_device(cfg.train.device) if device is None else device
+    env = DistEnv() if env is None else env
+    dataset = load_dataset(cfg.data, bank_size=cfg.train.knn_bank, progress=progress)
+    train_split, val_split = to_device(dataset.train, device), to_device(dataset.val, device)
+    augment = TwoViewAugment(cfg.augment.view_a, cfg.augment.view_b, cfg.data.image_size,
+                             dataset.mean, dataset.std)
+    labelled = train_split.labels is not None
+    oracle = getattr(fixed_scheme(cfg.masking, cfg.data.image_size), "needs_objects", False)
+    batches = shard(training_batches(dataset, train_split, cfg.optim.batch_size,
+                                     cfg.data.workers, instances=oracle), env)
+    trainer = build_trainer(cfg, dataset.num_classes if labelled else None, device, len(batches))
+    return Setup(cfg, device, env, dataset, train_split, val_split, augment, batches, trainer)
+
+
+def views(s: Setup, images: Tensor, instances: list[Tensor], draws: torch.Generator
+          ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+    """A raw batch's two views (and, for the oracle, their object layers)."""
+    if s.needs_objects:
+        return views_with_objects(s.augment, images, instances[0], draws)
+    a, b = s.augment(images, draws)
+    return a, b, None
+
+
+def iteration(s: Setup, batch: tuple[Tensor, ...], step: int,
+              draws: torch.Generator) -> dict[str, Any]:
+    """One full training iteration from a raw batch (images, labels[, instances])."""
+    images, labels, *instances = batch
+    a, b, objects = views(s, images, instances, draws)
+    return s.trainer.step(a, b, labels, draws, step, objects)
+
+
+def epoch_batches(s: Setup, epoch: int) -> Iterator[tuple[int, tuple[Tensor, ...], Any]]:
+    """(step, raw batch, this process's generator) for every batch of ``epoch``."""
+    generator = epoch_generator(s.cfg.seed, epoch)  # the batch order: the same everywhere
+    draws = process_generator(generator, s.env)  # this process's augmentations and masks
+    for i, batch in enumerate(s.batches.epoch(generator)):
+        yield epoch * s.trainer.steps_per_epoch + i, batch, draws
+
+
+def iterations(s: Setup, start_epoch: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The training loop's iterations, epoch after epoch without end: (images, stats) each."""
+    for epoch in itertools.count(start_epoch):
+        for step, batch, draws in epoch_batches(s, epoch):
+            yield batch[0].shape[0], iteration(s, batch, step, draws)
+
+
+def timed(run: Callable[[], int], count: int, warmup: int, device: torch.device) -> float:
+    """Images per second of ``run()`` (which returns how many images it took) over ``count``
+    calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    synchronize(device)
+    start, images = time.perf_counter(), 0
+    for _ in range(count):
+        images += run()
+    synchronize(device)
+    return images / (time.perf_counter() - start)
+
+
+__all__ = [
+    "DrawnMasks",
+    "Models",
+    "Setup",
+    "Trainer",
+    "build_models",
+    "build_optimizers",
+    "build_trainer",
+    "draw_masks",
+    "encoder_step",
+    "epoch_batches",
+    "epoch_generator",
+    "iteration",
+    "iterations",
+    "masker_step",
+    "setup",
+    "single_pass_step",
+    "timed",
+    "train_step",
+    "views",
+]
