@@ -64,6 +64,23 @@ def test_own_loop_example_runs_and_makes_the_trainers_moves():
     assert not all(torch.equal(p, q) for p, q in zip(masker.parameters(), initial, strict=True))
 
 
+def test_readme_python_example_runs_on_a_run_directory(tmp_path):
+    from adios.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["train", f"run_dir={run_dir}", "preset=shapes-paper", "data.num_train=16",
+                 "data.num_val=8", "data.num_test=8", "model.width=4", "masker.fbase=8",
+                 "objective.proj_hidden=32", "objective.proj_out=16", "optim.batch_size=16",
+                 "train.knn_bank=16", "train.epochs=1", "train.progress=false",
+                 "train.device=cpu"]) == 0
+    code = example(ROOT / "README.md")
+    assert '"runs/my-run"' in code
+    ns: dict = {}
+    exec(compile(code.replace('"runs/my-run"', repr(str(run_dir))), "README.md", "exec"), ns)  # noqa: S102
+    assert ns["features"].shape == (8, 32)  # width 4: 8 * 4 features
+    assert ns["masker"].adios_metadata["n_masks"] == 4
+
+
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_docs_refer_to_nothing_outside_the_repository(path):
     text = path.read_text()

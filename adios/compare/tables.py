@@ -262,7 +262,7 @@ def bar_figure(rows: list[dict[str, Any]]) -> Figure:
                 references.append(("untrained encoder (kNN k=20)", "--",
                                    _mean_of(in_preset, "knn_random_init_mean")))
             if key in ACCURACY_KEYS:
-                references.append(("chance", ":", _mean_of(in_preset, "chance")))
+                references.append(("chance", ":", _mean_of(in_preset, "chance_mean")))
             if key in ("fg_ari", "mbo"):
                 references.append(("random blob masks", "--",
                                    _mean_of(in_preset, f"{key}_random_mean")))

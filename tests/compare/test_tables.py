@@ -14,7 +14,7 @@ def row(scheme, seeds, knn, std, fg_ari=None, epochs=5):
                   fg_ari_std=0.01 if fg_ari is not None and len(seeds) > 1 else None,
                   epochs_mean=epochs)
     return {"preset": "p", "objective": "simclr", "scheme": scheme, "seeds": seeds, "failed": 0,
-            "knn_random_init_mean": 0.30, "chance": 0.2, "fg_ari_random_mean": 0.20,
+            "knn_random_init_mean": 0.30, "chance_mean": 0.2, "fg_ari_random_mean": 0.20,
             "mbo_random_mean": None, **values}
 
 
