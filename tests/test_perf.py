@@ -11,7 +11,14 @@ from smooth import relu_to_silu
 from adios.cli import main
 from adios.config import ConfigError, load_config
 from adios.models import batch_groups, build_backbone, frozen_bn_stats
-from adios.perf import MemoryWindow, autocast, compile_module, grad_scaler, peak_memory_mb
+from adios.perf import (
+    MemoryWindow,
+    _status_mb,
+    autocast,
+    compile_module,
+    grad_scaler,
+    peak_memory_mb,
+)
 from adios.train import build_models, build_optimizers, train_step
 
 TINY = [
@@ -29,12 +36,14 @@ TINY = [
 ]
 
 
-def step_once(*overrides, smooth=False):
+def step_once(*overrides, smooth=False, before=None):
     cfg = load_config([*TINY, *overrides])
     torch.manual_seed(0)
     models = build_models(cfg, num_classes=3, device=torch.device("cpu"))
     if smooth:  # see tests/masking/test_adios.py: float32 round-off must not flip ReLUs
         relu_to_silu(models.objective, models.masker)
+    if before is not None:  # sees the models as they are before the step
+        before(models)
     encoder_opt, masker_opt = build_optimizers(cfg, models)
     models.objective.train()
     g = torch.Generator().manual_seed(0)
@@ -52,14 +61,50 @@ def step_once(*overrides, smooth=False):
     return models, stats, dtypes
 
 
+def first_update(*overrides):
+    """Each player's parameter change over one plain-SGD step (no momentum, no weight decay, so
+    the change is -lr * gradient), with SiLU for ReLU: a ReLU whose input is within bf16
+    round-off of zero flips and takes a piece of the gradient with it (tests/smooth.py)."""
+    start = {}
+    models, _, dtypes = step_once(
+        "optim.momentum=0",
+        "optim.weight_decay=0",
+        "optim.lr=0.1",
+        "optim.mask_lr=0.1",
+        "optim.probe_lr=0.1",
+        *overrides,
+        smooth=True,
+        before=lambda m: start.update(flat(m)),
+    )
+    return {name: p - start[name] for name, p in flat(models).items()}, start, models, dtypes
+
+
+def flat(models):
+    """Each player's parameters as one vector."""
+    players = {"encoder": models.objective, "masker": models.masker, "probe": models.probe}
+    return {
+        name: torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+        for name, module in players.items()
+    }
+
+
 @pytest.mark.parametrize("schedule", ["fast", "single-pass"])
-def test_bf16_autocast_runs_on_cpu_and_tracks_float32(schedule):
-    _, reference, _ = step_once(f"masking.schedule={schedule}")
-    models, stats, dtypes = step_once(f"masking.schedule={schedule}", "train.precision=bf16")
+def test_bf16_step_moves_every_player_as_float32_does(schedule):
+    """The bf16 step is the float32 step to bf16 accuracy: each player's update points the same
+    way (cosine > 0.99; measured >= 0.996 over seeds 0-2) with the same length (within 5 %;
+    measured within 2 %), and moves it by far more than round-off (> 1e-3 of its norm)."""
+    reference, start, _, _ = first_update(f"masking.schedule={schedule}")
+    updates, _, models, dtypes = first_update(
+        f"masking.schedule={schedule}", "train.precision=bf16"
+    )
     assert set(dtypes) == {torch.bfloat16}  # the convolutions ran in bf16
     assert all(p.dtype == torch.float32 for p in models.objective.parameters())
-    for key in ("loss", "adv_loss", "probe_loss", "penalty"):
-        assert stats[key] == pytest.approx(reference[key], rel=0.03), key
+    for name, update in updates.items():
+        expected = reference[name]
+        assert expected.norm() > 1e-3 * start[name].norm(), name
+        cosine = torch.nn.functional.cosine_similarity(update, expected, dim=0)
+        assert cosine > 0.99, (name, cosine.item())
+        assert update.norm() / expected.norm() == pytest.approx(1, abs=0.05), name
 
 
 def test_fp16_is_refused_on_cpu_with_a_clear_error(tmp_path, capsys):
@@ -133,6 +178,10 @@ def test_memory_window_sees_what_was_allocated_inside_it():
 
 
 def test_single_pass_bf16_channels_last_run_reports_peak_memory(tmp_path):
+    """The run happens in this process, so its peak resident memory is at least what the process
+    holds before it starts (torch alone is > 100 MB; a unit slip of 1024 falls far below), and a
+    peak never decreases from one epoch row to the next or to the summary."""
+    resident_mb = _status_mb("VmRSS")
     run_dir = tmp_path / "r"
     assert (
         main(
@@ -155,7 +204,8 @@ def test_single_pass_bf16_channels_last_run_reports_peak_memory(tmp_path):
         == 0
     )
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["peak_mem_mb"] > 0 and summary["processes"] == 1
+    assert summary["processes"] == 1
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all(row["peak_mem_mb"] > 0 for row in rows if "elapsed_s" in row)
+    peaks = [row["peak_mem_mb"] for row in rows if "elapsed_s" in row] + [summary["peak_mem_mb"]]
+    assert resident_mb <= peaks[0] and peaks == sorted(peaks)
     assert any("adv_loss" in row and "penalty" in row for row in rows)

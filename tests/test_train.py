@@ -4,9 +4,14 @@ import json
 
 import pytest
 import torch
+from knn_reference import brute_force_accuracy
 from safetensors.torch import load_file
 
 from adios.cli import main
+from adios.config import load_config
+from adios.data.datasets import load_dataset
+from adios.evaluation.features import extract_features
+from adios.models import build_backbone
 from adios.train import CHECKPOINT
 
 TINY = [
@@ -22,8 +27,12 @@ def run(tmp_path, name, *args):
     return main(["train", f"run_dir={tmp_path / name}", *TINY, *args])
 
 
+# a small k and more held-out images make the kNN accuracies sensitive to the bank and the vote
+KNN = ["train.knn_k=3", "data.num_val=48", "data.num_test=64"]
+
+
 def test_cli_run_writes_checkpoint_metrics_pictures_and_summary(tmp_path, capsys):
-    assert run(tmp_path, "r", "train.epochs=2") == 0
+    assert run(tmp_path, "r", "train.epochs=2", *KNN) == 0
     run_dir = tmp_path / "r"
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(run_dir)
     for name in ("config.yaml", CHECKPOINT, "metrics.jsonl", "summary.json", "masks.png",
@@ -48,6 +57,31 @@ def test_cli_run_writes_checkpoint_metrics_pictures_and_summary(tmp_path, capsys
                 if k.startswith("backbone.")}
     assert encoder.keys() == backbone.keys()
     assert all(torch.equal(encoder[k], backbone[k]) for k in encoder)
+    # the kNN numbers, recomputed by brute force: bank = the first knn_bank training images,
+    # epoch rows on val, the summary on test; trained = the export, random init = the run's init
+    cfg = load_config([*TINY, *KNN])
+    dataset = load_dataset(cfg.data)
+    bank = dataset.train.subset(slice(0, cfg.train.knn_bank))
+    knn = {row["epoch"]: row["knn_acc"] for row in rows if "knn_acc" in row}
+    for weights, split, reported in [
+        (state["init"]["backbone"], dataset.val, knn[0]),
+        (encoder, dataset.val, knn[2]),
+        (encoder, dataset.test, summary["knn_acc"]),
+        (state["init"]["backbone"], dataset.test, summary["knn_acc_random_init"]),
+    ]:
+        assert reported == pytest.approx(brute_force_knn(cfg, weights, bank, split))
+
+
+def brute_force_knn(cfg, weights, bank, query):
+    """Top-1 of the weighted vote (tests/knn_reference.py) on the features of ``weights``."""
+    backbone = build_backbone("resnet18", 32, width=4)
+    backbone.load_state_dict(weights)
+    features = [
+        extract_features(backbone, split.images, cfg.data.mean, cfg.data.std, torch.device("cpu"))
+        for split in (bank, query)
+    ]
+    return brute_force_accuracy(features[0], bank.labels, features[1], query.labels,
+                                8, cfg.train.knn_k, cfg.train.knn_temperature)
 
 
 @pytest.mark.parametrize("mode", ["adios", "adios-s"])
@@ -98,7 +132,6 @@ def test_plain_objective_without_masker(tmp_path):
 
 @pytest.mark.parametrize("scaling, factor", [("none", 1.0), ("linear", 64 / 256)])
 def test_lr_scaling_multiplies_every_rate_by_global_batch_over_reference(scaling, factor):
-    from adios.config import load_config
     from adios.train import build_models, build_optimizers
 
     cfg = load_config(["model.width=4", "masker.fbase=8", "optim.batch_size=64",

@@ -1,10 +1,18 @@
-import time
-
 import matplotlib.image
 import pytest
 import torch
 
-from adios.viz import argmax_masks, colour_code, colour_instances, mask_colours, mask_figure
+from adios.viz import (
+    _FRAME_PX,
+    _HEADER_PX,
+    _PAD_PX,
+    _TITLE_PX,
+    argmax_masks,
+    colour_code,
+    colour_instances,
+    mask_colours,
+    mask_figure,
+)
 
 
 @pytest.mark.parametrize("n", [1, 4, 10, 16, 30])
@@ -34,22 +42,55 @@ def test_colour_code_blends_soft_masks_by_weight():
     )
 
 
-def test_mask_figure_writes_a_png(tmp_path):
+def read_tiles(path, rows, cols, tile, top):
+    """The picture at ``path`` and its (rows, cols, 3, tile, tile) tiles, in [0, 1] RGB."""
+    picture = torch.from_numpy(matplotlib.image.imread(path)[..., :3].copy())
+    cell = tile + 2 * _PAD_PX
+    grid = picture[top:].reshape(rows, cell, cols, cell, 3).permute(0, 2, 4, 1, 3)
+    return picture, grid, grid[..., _PAD_PX:-_PAD_PX, _PAD_PX:-_PAD_PX]
+
+
+def upscale(x, scale):
+    return x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+
+
+def test_mask_figure_draws_image_masks_and_one_framed_view_per_mask(tmp_path):
+    """Pixel by pixel (to the PNG's 8 bits): 8 rows (max_images), columns image, argmax masks,
+    colour-coded soft masks over grey, then image * (1 - m_n) framed in mask n's colour; 32 px
+    tiles are scaled by 3 (the smallest factor reaching 96 px), nearest-neighbour."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (10, 3, 32, 32), generator=generator, dtype=torch.uint8)
     masks = torch.rand(10, 6, 32, 32, generator=generator).softmax(dim=1)
-    start = time.perf_counter()
     path = mask_figure(images, masks, tmp_path / "figs" / "masks.png", title="epoch 3")
-    elapsed = time.perf_counter() - start
     assert path == tmp_path / "figs" / "masks.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    picture = matplotlib.image.imread(path)
-    height, width = picture.shape[:2]
-    # 8 rows (max_images) and 2 + 6 columns of tiles at least 96 px wide, and not absurdly more.
-    assert 8 * 96 < height < 8 * 96 * 1.5
-    assert 8 * 96 < width < 8 * 96 * 1.5
     assert [p.name for p in path.parent.iterdir()] == ["masks.png"]  # no temporary files left
-    assert elapsed < 5  # about 0.3 s on one CPU; generous for busy machines
+    scale, rows, cols, top = 3, 8, 3 + 6, _HEADER_PX + _TITLE_PX
+    cell = 32 * scale + 2 * _PAD_PX
+    picture, cells, tiles = read_tiles(path, rows, cols, 32 * scale, top)
+    assert picture.shape == (top + rows * cell, cols * cell, 3)
+
+    shown = images[:8].float() / 255
+    grey = shown.mean(dim=1, keepdim=True).expand_as(shown)
+    expected = torch.cat(
+        [
+            shown[:, None],
+            colour_code(argmax_masks(masks[:8]))[:, None],
+            (0.75 * colour_code(masks[:8]) + 0.25 * grey)[:, None],
+            shown[:, None] * (1 - masks[:8, :, None]),
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(tiles, upscale(expected, scale), rtol=0, atol=1.01 / 255)
+    # the frame ring between padding and tile: white for the first three columns, mask colours
+    # after
+    inset = _PAD_PX - _FRAME_PX
+    ring = cells[..., inset:_PAD_PX, inset:-inset]  # the top band of each frame
+    frames = torch.cat([torch.ones(3, 3), mask_colours(6)])
+    torch.testing.assert_close(
+        ring, frames[None, :, :, None, None].expand_as(ring), rtol=0, atol=1.01 / 255
+    )
+    assert (cells[..., :inset, :] == 1).all()  # white padding outside the frames
 
 
 def test_mask_figure_accepts_float_images_and_replaces_existing_file(tmp_path):
@@ -59,9 +100,13 @@ def test_mask_figure_accepts_float_images_and_replaces_existing_file(tmp_path):
     path.write_bytes(b"old")
     mask_figure(images, masks, path)
     assert path.read_bytes()[:4] == b"\x89PNG"
-    height, width = matplotlib.image.imread(path).shape[:2]
-    assert 2 * 96 < height < 2 * 96 * 1.5  # 16 px images upscaled to >= 96 px tiles
-    assert 5 * 96 < width < 5 * 96 * 1.5
+    scale = 6  # 16 px images upscaled to >= 96 px tiles
+    picture, _, tiles = read_tiles(path, 2, 3 + 3, 16 * scale, _HEADER_PX)  # no title
+    assert picture.shape == (_HEADER_PX + 2 * (96 + 2 * _PAD_PX), 6 * (96 + 2 * _PAD_PX), 3)
+    torch.testing.assert_close(tiles[:, 0], upscale(images, scale), rtol=0, atol=1.01 / 255)
+    full = torch.nn.functional.interpolate(masks, size=(16, 16), mode="bilinear")
+    views = images[:, None] * (1 - full[:, :, None])
+    torch.testing.assert_close(tiles[:, 3:], upscale(views, scale), rtol=0, atol=1.01 / 255)
 
 
 def test_argmax_masks_give_each_pixel_to_its_largest_mask():
@@ -86,7 +131,12 @@ def test_mask_figure_adds_objects_and_untrained_columns(tmp_path):
     plain = matplotlib.image.imread(mask_figure(images, masks, tmp_path / "a.png"))
     full = matplotlib.image.imread(
         mask_figure(images, masks, tmp_path / "b.png", truth=truth, untrained=masks.flip(1)))
-    tile = 96 + 2 * 5  # upscaled 32 px tile and its padding
-    assert plain.shape[1] == tile * (1 + 2 + 3)  # image, argmax, soft, 3 views
-    assert full.shape[1] == tile * (1 + 4 + 3)  # + objects, untrained
+    cell = 96 + 2 * _PAD_PX  # upscaled 32 px tile and its padding
+    assert plain.shape[1] == cell * (1 + 2 + 3)  # image, argmax, soft, 3 views
+    assert full.shape[1] == cell * (1 + 4 + 3)  # + objects, untrained
     assert plain.shape[0] == full.shape[0]
+    _, _, tiles = read_tiles(tmp_path / "b.png", 4, 8, 96, _HEADER_PX)
+    expected = torch.stack([colour_instances(truth), colour_code(argmax_masks(masks)),
+                            colour_code(argmax_masks(masks.flip(1)))], dim=1)
+    torch.testing.assert_close(tiles[:, [1, 2, 4]], upscale(expected, 3), rtol=0,
+                               atol=1.01 / 255)

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from adios.cli import main
 from adios.config import load_config
 from adios.data.datasets import load_dataset
-from adios.evaluation.commands import _evaluation_base
+from adios.engine import build_models
+from adios.evaluation.commands import _evaluation_base, load_setup
 from adios.evaluation.features import extract_features
 from adios.evaluation.knn import KNN_KS, knn_accuracy
 from adios.models import build_backbone
@@ -105,6 +106,41 @@ def test_exported_encoder_gives_the_same_numbers_and_data_overrides_get_their_ow
     assert other["dataset"]["seed"] == 1 and other["dataset"]["n_test"] == 8
 
 
+@pytest.fixture(scope="module")
+def blurred_run_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "blurred"
+    small = ["data.num_train=16", "optim.batch_size=8", "train.knn_bank=16", "train.epochs=1"]
+    assert main(["train", f"run_dir={path}", *TINY, *small, "masker.blur_sigma=1.5"]) == 0
+    return path
+
+
+@pytest.mark.parametrize("blur_sigma", [0.0, 1.5])
+def test_mask_evaluation_reproduces_the_runs_summary_with_its_own_initial_masker(
+    request, blur_sigma
+):
+    """``eval masks`` scores the run's masker, its masker at initialisation (the one the run
+    started from: seed, then build, as training does) and the seeded blobs exactly as the
+    run's summary did, with the run's masker options (masker.blur_sigma)."""
+    run_dir = request.getfixturevalue("blurred_run_dir" if blur_sigma else "run_dir")
+    assert main(["eval", "masks", str(run_dir)]) == 0
+    sources = read(run_dir / "eval_masks.json")["sources"]
+    summary = read(run_dir / "summary.json")
+    for source, suffix in (
+        ("trained", ""),
+        ("untrained", "_untrained"),
+        ("random_blobs", "_random"),
+    ):
+        assert sources[source]["fg_ari"] == pytest.approx(summary[f"mask_fg_ari{suffix}"]), source
+        assert sources[source]["mbo"] == pytest.approx(summary[f"mask_mbo{suffix}"]), source
+    assert sources["trained"]["mbo"] != sources["untrained"]["mbo"]  # one epoch moved it
+    cfg = load_config([*TINY, f"masker.blur_sigma={blur_sigma}"])
+    torch.manual_seed(cfg.seed)
+    initial = build_models(cfg, num_classes=8, device=torch.device("cpu")).masker.state_dict()
+    setup = load_setup([str(run_dir)])
+    for key, value in setup.init_masker.state_dict().items():
+        assert torch.equal(value, initial[key]), key
+
+
 def test_model_overrides_on_a_run_are_refused(run_dir, capsys):
     assert main(["eval", "knn", str(run_dir), "model.width=8"]) == 2
     assert "fixed by its weights" in capsys.readouterr().err
@@ -134,15 +170,3 @@ def test_another_dataset_name_does_not_inherit_the_runs_split_sizes():
     assert _evaluation_base(saved, ["data.name=cifar10"])["data"] == {"image_size": 48}
     assert _evaluation_base(saved, ["data.name=shapes", "data.seed=2"]) is saved
     assert _evaluation_base(saved, ["data.num_train=10"]) is saved
-
-
-def test_eval_masks_reproduces_the_summary_of_a_run_with_blurred_masks(tmp_path):
-    """The evaluated masker is the trained one, blur included: its scores are the summary's."""
-    path = tmp_path / "blurred"
-    assert main(["train", f"run_dir={path}", *TINY, "train.epochs=1", "masker.blur_sigma=1.5"]) == 0
-    assert main(["eval", "masks", str(path)]) == 0
-    summary, sources = read(path / "summary.json"), read(path / "eval_masks.json")["sources"]
-    pairs = (("trained", ""), ("untrained", "_untrained"), ("random_blobs", "_random"))
-    for source, suffix in pairs:
-        assert sources[source]["fg_ari"] == pytest.approx(summary[f"mask_fg_ari{suffix}"], abs=1e-6)
-        assert sources[source]["mbo"] == pytest.approx(summary[f"mask_mbo{suffix}"], abs=1e-6)

@@ -6,6 +6,7 @@ import torch
 
 from adios.evaluation.mask_metrics import best_coverage, mask_quality
 from adios.evaluation.masks import HISTOGRAM_BINS, evaluate_masks, mask_sources, mask_statistics
+from adios.masking.blobs import random_blob_masks
 from adios.models import OcclusionModel
 
 
@@ -41,19 +42,50 @@ def test_statistics_agree_with_direct_computation():
     assert {k: stats[k] for k in quality} == quality
 
 
-def test_sources_share_images_and_mask_count():
+def test_sources_are_each_maskers_own_prediction_and_seeded_blobs():
+    """Each source is its own masker's softmax on the normalised images (batched or not), the
+    untrained one the given initial masker, the blobs the seeded random partitions."""
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    masker, init = OcclusionModel(32, 3, fbase=8), OcclusionModel(32, 3, fbase=8)
-    sources = mask_sources(images, masker, init, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    masker, init = OcclusionModel(32, 3, fbase=8).eval(), OcclusionModel(32, 3, fbase=8).eval()
+    mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+    sources = mask_sources(
+        images, masker, init, mean, std, torch.device("cpu"), seed=7, batch_size=2
+    )
     assert list(sources) == ["trained", "untrained", "random_blobs"]
-    assert all(m.shape == (4, 3, 32, 32) for m in sources.values())
-    assert not torch.equal(sources["trained"], sources["untrained"])
-    assert list(
-        mask_sources(images, masker, None, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
-    ) == ["trained", "random_blobs"]
-    instances = torch.zeros(4, 32, 32, dtype=torch.uint8)
+    normalised = (images / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[
+        :, None, None
+    ]
+    with torch.no_grad():
+        torch.testing.assert_close(sources["trained"], masker(normalised))
+        torch.testing.assert_close(sources["untrained"], init(normalised))
+    blobs = random_blob_masks(5, 3, (32, 32), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(sources["random_blobs"], blobs)
+    without_init = mask_sources(images, masker, None, mean, std, torch.device("cpu"), seed=7)
+    assert list(without_init) == ["trained", "random_blobs"]
+
+
+def two_squares(batch=4):
+    """Objects 1 and 2, two 8 x 8 squares (64 px each) on a 32 x 32 background (896 px)."""
+    instances = torch.zeros(batch, 32, 32, dtype=torch.long)
     instances[:, 4:12, 4:12] = 1
     instances[:, 20:28, 20:28] = 2
-    results = evaluate_masks(instances, sources)
-    assert set(results) == set(sources) and results["trained"]["n_objects"] == 8
+    return instances
+
+
+def test_known_mask_sets_get_their_hand_computed_scores():
+    """One mask per object scores fg-ARI 1 and mBO 1; both objects in one mask (the third mask
+    empty) scores fg-ARI 0 (a single cluster against two), mBO 64 / 128 and one collapsed mask;
+    each source is scored on its own masks."""
+    instances = two_squares()
+    perfect = torch.nn.functional.one_hot(instances, 3).permute(0, 3, 1, 2).float()
+    merged = torch.stack([instances == 0, instances > 0, instances < 0], dim=1).float()
+    results = evaluate_masks(instances, {"perfect": perfect, "merged": merged})
+    assert results["perfect"]["fg_ari"] == pytest.approx(1.0)
+    assert results["perfect"]["mbo"] == pytest.approx(1.0)
+    assert results["perfect"]["mask_sizes"] == pytest.approx([896 / 1024, 64 / 1024, 64 / 1024])
+    assert results["perfect"]["collapsed"] == 0 and results["perfect"]["n_objects"] == 8
+    assert results["merged"]["fg_ari"] == pytest.approx(0.0, abs=1e-12)
+    assert results["merged"]["mbo"] == pytest.approx(64 / 128)
+    assert results["merged"]["coverage"] == pytest.approx(1.0)
+    assert results["merged"]["collapsed"] == 1

@@ -167,16 +167,53 @@ def test_full_train_step_changes_encoder_buffers_only_in_encoder_step():
         assert torch.equal(value, models.objective.state_dict()[key]), key
 
 
+def _occlude_by_loop(x, masks, index):
+    """Sample i times (1 - its mask index[i]), one sample at a time."""
+    return torch.stack([x[i] * (1 - masks[i, int(index[i])]) for i in range(x.shape[0])])
+
+
 @pytest.mark.parametrize("size", [7, 5, 3])
-def test_adios_s_works_with_odd_batch_sizes(size):
-    cfg, models = tiny("masking.mode=adios-s")
+def test_adios_s_occludes_each_sample_of_an_odd_batch_by_its_drawn_mask(size):
+    """ADIOS-s on batches that N=3 masks do not divide: the encoder sees each sample of view b
+    times (1 - its own drawn mask), both losses equal the pair loss on views occluded one sample
+    at a time, and one plain SGD step moves the masker by -lr times the gradient of
+    -(loss - alpha * penalty) computed from those views."""
+    mask_lr = 0.5
+    cfg, models = tiny("masking.mode=adios-s", "optim.name=sgd", "optim.momentum=0",
+                       "optim.weight_decay=0", f"optim.mask_lr={mask_lr}",
+                       "masking.alpha_sparsity=0.5")
     encoder_opt, masker_opt = build_optimizers(cfg, models)
     a, b, y = batch(size)
     models.objective.train()
+    index = torch.randint(3, (size,), generator=torch.Generator().manual_seed(0))  # first draw
+    twin = copy.deepcopy(models)
+    masks = twin.masker(b)
+    occluded = _occlude_by_loop(b, masks.detach(), index)
+    with torch.no_grad():
+        expected_loss = twin.objective.pair_loss(twin.objective.forward_views(a),
+                                                 twin.objective.forward_views(occluded))
+    seen = []
+    hook = models.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
     stats = train_step(cfg, models, encoder_opt, masker_opt, a, b, y,
                        torch.Generator().manual_seed(0))
-    assert math.isfinite(stats["loss"]) and math.isfinite(stats["adv_loss"])
-    assert len(stats["mask_sizes"]) == 3
+    hook.remove()
+    assert torch.equal(seen[0], a) and torch.equal(seen[1], occluded)
+    assert stats["loss"] == pytest.approx(expected_loss.item(), rel=1e-6)
+    # the masker's move, against the encoder as the encoder step left it (frozen)
+    with frozen(models.objective):
+        encoded = models.objective.forward_views(_occlude_by_loop(b, masks, index))
+        adv = models.objective.pair_loss(models.objective.forward_views(a), encoded)
+    # the penalty: per mask, the batch mean of 1 / sin(pi * size) of each sample's mask size
+    penalty = sum(sparsity_penalty(masks[:, n].mean(dim=(1, 2))).mean() for n in range(3))
+    grads = torch.autograd.grad(-(adv - 0.5 * penalty), list(twin.masker.parameters()))
+    assert stats["adv_loss"] == pytest.approx(adv.item(), rel=1e-6)
+    assert stats["penalty"] == pytest.approx(penalty.item(), rel=1e-6)
+    assert stats["mask_sizes"] == pytest.approx(masks.mean(dim=(0, 2, 3)).tolist())
+    moved = 0.0
+    for p, p0, g in zip(models.masker.parameters(), twin.masker.parameters(), grads, strict=True):
+        torch.testing.assert_close(p - p0, -mask_lr * g, rtol=1e-4, atol=1e-7)
+        moved = max(moved, (p - p0).abs().max().item())
+    assert moved > 1e-3
 
 
 @pytest.mark.parametrize("objective", ["simclr", "byol", "simsiam"])

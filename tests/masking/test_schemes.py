@@ -10,7 +10,6 @@ import torch
 from adios.config import load_config
 from adios.data.augment import TwoViewAugment, ViewConfig
 from adios.data.datasets import InMemoryBatches, load_dataset
-from adios.masking.adios import siamese_loss
 from adios.masking.schemes import (
     Blockwise,
     ObjectMasks,
@@ -210,26 +209,71 @@ def test_every_scheme_runs_a_simclr_training_step(scenes, mode):
         masks = scheme(8, generator(1), "cpu", objects[1])
         assert stats["mask_sizes"] == pytest.approx([float(masks.mean())])
         with torch.no_grad():
-            reference, _ = siamese_loss(before, a, b * (1 - masks), None, "none")
+            reference = before(a, b * (1 - masks))
         assert stats["loss"] == pytest.approx(reference.item(), rel=1e-5)
+    elif mode == "none":  # the plain objective on the unmasked views
+        with torch.no_grad():
+            assert stats["loss"] == pytest.approx(before(a, b).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("objective", ["byol", "simsiam"])
 @pytest.mark.parametrize("mode", ["mae", "oracle"])
-def test_fixed_schemes_run_with_every_objective(scenes, objective, mode):
+def test_fixed_schemes_feed_masked_views_and_step_on_their_loss(scenes, objective, mode):
+    """BYOL masks view b, SimSiam both views (its a mask drawn after b's): the encoder sees
+    exactly view * (1 - drawn mask), the step's loss is the objective's pair loss on those
+    views, and one plain SGD step moves the backbone by -lr times that loss's gradient."""
+    lr = 0.05
     cfg = load_config(
-        [*TINY, f"masking.mode={mode}", f"objective.name={objective}", "objective.pred_hidden=16"]
+        [
+            *TINY,
+            f"masking.mode={mode}",
+            f"objective.name={objective}",
+            "objective.pred_hidden=16",
+            "optim.name=sgd",
+            "optim.momentum=0",
+            "optim.weight_decay=0",
+            f"optim.lr={lr}",
+        ]
     )
+    torch.manual_seed(0)
     models = build_models(cfg, scenes.num_classes, torch.device("cpu"))
     encoder_opt, masker_opt = build_optimizers(cfg, models)
     augment = TwoViewAugment(cfg.augment.view_a, cfg.augment.view_b, 32, scenes.mean, scenes.std)
-    a, b, objects = views_with_objects(
+    a, b, (objects_a, objects_b) = views_with_objects(
         augment, scenes.train.images[:8], scenes.train.instances[:8], generator()
     )
+    scheme, draws = fixed_scheme(cfg.masking, 32), generator(1)
+    masks_b = scheme(8, draws, "cpu", objects_b)
+    masks_a = scheme(8, draws, "cpu", objects_a) if objective == "simsiam" else None
+    view_a = a if masks_a is None else a * (1 - masks_a)
+    view_b = b * (1 - masks_b)
+    assert 0 < float(masks_b.mean()) < 1 and not torch.equal(view_b, b)
+
+    reference = copy.deepcopy(models.objective)
+    expected = reference.pair_loss(reference.forward_views(view_a), reference.forward_views(view_b))
+    gradients = torch.autograd.grad(expected, list(reference.backbone.parameters()))
+    start = [p.detach().clone() for p in models.backbone.parameters()]
+    seen = []
+    hook = models.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
     stats = train_step(
-        cfg, models, encoder_opt, masker_opt, a, b, scenes.train.labels[:8], generator(1), objects
+        cfg,
+        models,
+        encoder_opt,
+        masker_opt,
+        a,
+        b,
+        scenes.train.labels[:8],
+        generator(1),
+        (objects_a, objects_b),
     )
-    assert math.isfinite(stats["loss"]) and 0 < stats["mask_sizes"][0] < 1
+    hook.remove()
+    assert len(seen) == 2  # view a, then view b; the probe reuses view a's features
+    torch.testing.assert_close(seen[0], view_a, rtol=0, atol=0)
+    torch.testing.assert_close(seen[1], view_b, rtol=0, atol=0)
+    assert stats["loss"] == pytest.approx(expected.item(), rel=1e-6)
+    assert stats["mask_sizes"] == pytest.approx([float(masks_b.mean())])
+    for p, p0, g in zip(models.backbone.parameters(), start, gradients, strict=True):
+        torch.testing.assert_close(p - p0, -lr * g, rtol=1e-4, atol=1e-7)
 
 
 def test_batches_carry_the_instance_maps_of_their_images(scenes):

@@ -245,11 +245,25 @@ def test_state_dict_names_match_torch():
 
 def test_grouped_forward_after_plain_forward_keeps_the_graph_valid():
     """A plain forward saves the running buffers for backward; a later grouped forward in the
-    same graph (ADIOS: unmasked view, then the N masked copies) must not invalidate them."""
-    torch.manual_seed(0)
-    norm = BatchNorm2d(3)
-    plain = norm(torch.randn(4, 3, 5, 5, requires_grad=True))
+    same graph (ADIOS: unmasked view, then the N masked copies) must not invalidate them: the
+    outputs and every gradient equal torch's batch norm applied to the plain batch and to each
+    group of 4 on its own."""
+    ours, reference = make_pair(BatchNorm2d, nn.BatchNorm2d)
+    x_plain, x_grouped = torch.randn(4, 3, 5, 5), torch.randn(8, 3, 5, 5)
+    results = []
+    for norm, grouped_forward in (
+        (ours, lambda x: _grouped(ours, x)),
+        (reference, lambda x: torch.cat([reference(x[:4]), reference(x[4:])])),
+    ):
+        inputs = [x_plain.clone().requires_grad_(), x_grouped.clone().requires_grad_()]
+        outputs = [norm(inputs[0]), grouped_forward(inputs[1])]
+        (outputs[0].square().sum() + (outputs[1] * outputs[1].detach().flip(0)).sum()).backward()
+        grads = [i.grad for i in inputs] + [norm.weight.grad, norm.bias.grad]
+        results.append([o.detach() for o in outputs] + grads)
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _grouped(norm, x):
     with batch_groups(norm, 2):
-        grouped = norm(torch.randn(8, 3, 5, 5, requires_grad=True))
-    (plain.square().sum() + grouped.square().sum()).backward()
-    assert norm.weight.grad is not None and torch.isfinite(norm.weight.grad).all()
+        return norm(x)

@@ -47,9 +47,14 @@ def test_forward_views_keys_and_shapes(name: str) -> None:
     for key in expected_keys - {"h"}:
         assert out[key].shape == (5, 8), key
     loss = objective.pair_loss(out, objective.forward_views(torch.randn(5, 3, 8, 8)))
-    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert loss.ndim == 0
     loss.backward()
-    assert all(p.grad is not None for p in objective.backbone.parameters())
+    # every trainable parameter is reached (a non-zero gradient), the frozen target never
+    for name, p in objective.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None and name.startswith("target_"), name
 
 
 @pytest.mark.parametrize("name", ["simclr", "byol", "simsiam"])
