@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from adios.config import Config, load_config
+from adios.config import Config, load_config, to_dict
 from adios.data.augment import TwoViewAugment, ViewConfig, normalize
 from adios.masking.adios import (
     frozen,
@@ -34,6 +34,7 @@ from adios.masking.adios import (
     sparsity_penalty,
 )
 from adios.models import OcclusionModel, ResNet18, build_backbone
+from adios.models.masker import build_masker
 from adios.objectives import build_objective
 
 ENCODER_FILE = "encoder.safetensors"
@@ -54,7 +55,8 @@ def _version() -> str:
 def _common(cfg: Config, kind: str) -> dict[str, Any]:
     return {"format": FORMAT, "kind": kind, "image_size": cfg.data.image_size,
             "mean": list(cfg.data.mean), "std": list(cfg.data.std), "preset": cfg.preset,
-            "dataset": cfg.data.name, "adios_version": _version()}
+            "dataset": cfg.data.name, "adios_version": _version(),
+            "config": to_dict(cfg)}  # the whole resolved configuration, as config.yaml holds it
 
 
 def _encode(values: dict[str, Any]) -> dict[str, str]:
@@ -75,10 +77,12 @@ def encoder_metadata(cfg: Config, backbone: nn.Module) -> dict[str, str]:
 
 
 def masker_metadata(cfg: Config) -> dict[str, str]:
-    """Header of an exported occlusion model: its constructor's arguments."""
+    """Header of an exported masker: the masking mode and the masker's settings (the module
+    itself is rebuilt from the configuration, by the trainer's own build_masker)."""
     values = _common(cfg, "masker")
     m = cfg.masker
-    values.update(n_masks=m.n_masks, fbase=m.fbase, norm=m.norm, blur_sigma=m.blur_sigma)
+    values.update(mode=cfg.masking.mode, n_masks=m.n_masks, fbase=m.fbase, norm=m.norm,
+                  blur_sigma=m.blur_sigma)
     return _encode(values)
 
 
@@ -151,10 +155,10 @@ def load_encoder(path_or_run_dir: str | Path, device: str | torch.device = "cpu"
 
 
 def load_masker(path_or_run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """A trained occlusion model in eval mode: normalised images -> N soft masks summing to 1."""
+    """A trained masker in eval mode: for ADIOS, normalised images -> N soft masks summing to 1
+    (for token-adios, the token masker's patch scores)."""
     weights, meta = _locate(path_or_run_dir, MASKER_FILE, "masker")
-    module = OcclusionModel(meta["image_size"], meta["n_masks"], fbase=meta["fbase"],
-                            norm=meta["norm"], blur_sigma=meta["blur_sigma"])
+    module = build_masker(load_config([], base=meta["config"]))
     module.load_state_dict(load_file(str(weights)))
     module.adios_metadata = meta
     return module.to(device).eval()

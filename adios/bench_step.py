@@ -4,7 +4,12 @@ For a preset (and overrides) it times the training loop's step (:meth:`adios.eng
 learning-rate schedules, both players, optimiser steps, the online probe, BYOL's EMA update and
 the fp16 scaler) for the plain objective (no masks), ADIOS-s and full ADIOS with each requested
 number of masks, under the ``reference``, ``fast`` and ``single-pass`` schedules, and any fixed
-schemes asked for (``schemes``: mae, beit, rectangles, oracle). The views are random tensors of
+schemes asked for (``schemes``: mae, beit, rectangles, oracle). ``learned`` and ``schedules``
+narrow the ADIOS rows (e.g. ADIOS-s under fast only). ``tokens`` adds token masking with a ViT
+(:mod:`adios.masking.tokens`): ``token-random`` and ``token-adios`` under fast and single-pass,
+each with its cost against ``token-random`` and its speed-up over ADIOS-s (the same ViT on
+full-resolution masked images, same schedule, else fast); MAE, which only has token modes, gets
+the token rows alone. The views are random tensors of
 the preset's batch and image size (a step's cost does not depend on pixel values), the oracle's
 object layers random blobs, so no dataset is needed.
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 import os
 import statistics
 import time
@@ -32,10 +38,12 @@ from adios.config import Config, ConfigError
 from adios.engine import Trainer, build_trainer
 from adios.masking.blobs import random_blob_masks
 from adios.masking.schemes import LEARNED, SCHEMES
+from adios.masking.tokens import TOKEN_MODES
 from adios.perf import MemoryWindow, check_precision, pick_device, synchronize
 
 SCHEDULES = ("reference", "fast", "single-pass")
 FIXED = tuple(s for s in SCHEMES if s not in ("none", *LEARNED))
+TOKEN_SCHEDULES = ("fast", "single-pass")
 OBJECTS = 4  # random object layers per image for the oracle
 PROBE_CLASSES = 10
 
@@ -52,9 +60,11 @@ class _Case:
     steps_done: int = 0
 
 
-def cases(cfg: Config, n_masks: tuple[int, ...], schemes: tuple[str, ...] = ()) -> list[_Case]:
+def cases(cfg: Config, n_masks: tuple[int, ...], schemes: tuple[str, ...] = (),
+          learned: tuple[str, ...] = LEARNED, schedules: tuple[str, ...] = SCHEDULES,
+          tokens: bool = False) -> list[_Case]:
     """Plain objective, ADIOS-s (with the first N) and full ADIOS per N, under each schedule,
-    then each fixed scheme asked for."""
+    then each fixed scheme asked for, then (``tokens``) the token modes."""
 
     def variant(masking: str, n: int, schedule: str) -> _Case:
         derived = copy.deepcopy(cfg)
@@ -63,11 +73,17 @@ def cases(cfg: Config, n_masks: tuple[int, ...], schemes: tuple[str, ...] = ()) 
             derived.masker = replace(cfg.masker, n_masks=n)
         return _Case(masking, n, schedule, derived)
 
+    token_rows = [variant("token-random", 0, "fast")]
+    token_rows += [variant("token-adios", 0, s) for s in schedules if s in TOKEN_SCHEDULES]
+    if cfg.objective.name == "mae":  # no pixel-mask modes for MAE
+        return token_rows
     out = [variant("none", 0, "fast")]
-    out += [variant("adios-s", n_masks[0], s) for s in SCHEDULES]
-    out += [variant("adios", n, s) for n in n_masks for s in SCHEDULES]
+    if "adios-s" in learned:
+        out += [variant("adios-s", n_masks[0], s) for s in schedules]
+    if "adios" in learned:
+        out += [variant("adios", n, s) for n in n_masks for s in schedules]
     out += [variant(scheme, 0, "fast") for scheme in schemes]
-    return out
+    return out + (token_rows if tokens else [])
 
 
 def bench_step(
@@ -78,6 +94,9 @@ def bench_step(
     repeats: int = 3,
     n_masks: tuple[int, ...] = (4, 6),
     schemes: tuple[str, ...] = (),
+    learned: tuple[str, ...] = LEARNED,
+    schedules: tuple[str, ...] = SCHEDULES,
+    tokens: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per configuration: images/s (median over rounds), peak memory and ratios."""
     if steps < 1 or repeats < 1 or warmup < 1:
@@ -86,6 +105,12 @@ def bench_step(
         raise ConfigError("bench step: --masks needs numbers of masks >= 2")
     if not set(schemes) <= set(FIXED):
         raise ConfigError(f"bench step: --schemes takes fixed schemes from {', '.join(FIXED)}")
+    if not set(learned) <= set(LEARNED):
+        raise ConfigError(f"bench step: --learned takes modes from {', '.join(LEARNED)}")
+    if not schedules or not set(schedules) <= set(SCHEDULES):
+        raise ConfigError(f"bench step: --schedules takes schedules from {', '.join(SCHEDULES)}")
+    if (tokens or cfg.objective.name == "mae") and not cfg.model.backbone.startswith("vit"):
+        raise ConfigError("bench step: --tokens needs a ViT (model.backbone=vit_tiny or vit_small)")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
@@ -110,7 +135,7 @@ def bench_step(
         synchronize(device)
         return (time.perf_counter() - start) / count
 
-    todo = cases(cfg, n_masks, schemes)
+    todo = cases(cfg, n_masks, schemes, learned, schedules, tokens)
     for case in todo:  # build, and measure memory on the first (untimed) step
         gc.collect()
         window = MemoryWindow(device).open()
@@ -168,8 +193,26 @@ def bench_step(
         }
         row["cost_vs_plain"] = plain / row["images_per_s"]
         row["speedup_vs_reference"] = row["images_per_s"] / same.get("reference", float("nan"))
-        row["speedup_vs_fast"] = row["images_per_s"] / same["fast"]
+        row["speedup_vs_fast"] = row["images_per_s"] / same.get("fast", float("nan"))
+    _token_ratios(rows)
     return rows
+
+
+def _token_ratios(rows: list[dict[str, Any]]) -> None:
+    """Token rows: cost against token-random, speed-up over ADIOS-s (same schedule, else fast)."""
+    speed = {(r["masking"], r["schedule"]): r["images_per_s"] for r in rows}
+    nan = float("nan")
+    for row in rows:
+        if row["masking"] not in TOKEN_MODES:
+            continue
+        row["cost_vs_token_random"] = speed[("token-random", "fast")] / row["images_per_s"]
+        adios_s = speed.get(("adios-s", row["schedule"]), speed.get(("adios-s", "fast"), nan))
+        row["speedup_vs_adios_s"] = row["images_per_s"] / adios_s
+
+
+def _times(ratio: float | None) -> str:
+    """``1.23x``, or ``-`` where a row has no such ratio (no masker, or a schedule not timed)."""
+    return "-" if ratio is None or math.isnan(ratio) else f"{ratio:.2f}x"
 
 
 def format_step_table(rows: list[dict[str, Any]]) -> str:
@@ -187,18 +230,31 @@ def format_step_table(rows: list[dict[str, Any]]) -> str:
         "cost = time per step / plain step; speed-up = images/s / the reference's (or fast's)"
     )
     header = (
-        f"{'masking':10s} {'N':>2s} {'schedule':11s} {'images/s':>9s} {'s/step':>7s} "
+        f"{'masking':12s} {'N':>2s} {'schedule':11s} {'images/s':>9s} {'s/step':>7s} "
         f"{'cost':>6s} {'vs ref':>7s} {'vs fast':>7s} {'peak MB':>8s}"
     )
     lines = [what, how, "", header]
     for r in rows:
         plain = r["masking"] not in LEARNED  # no masker: schedules do not apply
+        scheduled = not plain or r["masking"] == "token-adios"
         peak = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
-        vs_ref = "-" if plain else f"{r['speedup_vs_reference']:.2f}x"
-        vs_fast = "-" if plain else f"{r['speedup_vs_fast']:.2f}x"
+        vs_ref = _times(None if plain else r["speedup_vs_reference"])
+        vs_fast = _times(None if plain else r["speedup_vs_fast"])
         lines.append(
-            f"{r['masking']:10s} {r['n_masks'] or '-':>2} {'-' if plain else r['schedule']:11s} "
+            f"{r['masking']:12s} {r['n_masks'] or '-':>2} "
+            f"{r['schedule'] if scheduled else '-':11s} "
             f"{r['images_per_s']:9.1f} {r['seconds_per_step']:7.3f} {r['cost_vs_plain']:5.2f}x "
             f"{vs_ref:>7s} {vs_fast:>7s} {peak:>8s}"
+        )
+    tokens = [r for r in rows if r["masking"] in TOKEN_MODES]
+    if tokens:
+        lines += ["", "token masking: cost vs token-random; speed-up vs ADIOS-s (same schedule, "
+                  "else fast) on full-resolution masked images"]
+    for r in tokens:
+        vs_adios_s = r["speedup_vs_adios_s"]
+        lines.append(
+            f"  {r['masking']:12s} {r['schedule'] if r['masking'] == 'token-adios' else '-':11s} "
+            f"{r['cost_vs_token_random']:5.2f}x token-random, "
+            + ("no ADIOS-s row" if math.isnan(vs_adios_s) else f"{_times(vs_adios_s):>6s} ADIOS-s")
         )
     return "\n".join(lines)

@@ -84,7 +84,10 @@ def _bench_step(args: argparse.Namespace) -> int:
         raise ConfigError(f"--masks: expected numbers like 4,6, got {args.masks!r}") from None
     rows = bench_step(load_config(args.overrides), steps=args.steps, warmup=args.warmup,
                       repeats=args.repeats, n_masks=n_masks,
-                      schemes=tuple(w for w in args.schemes.split(",") if w))
+                      schemes=tuple(w for w in args.schemes.split(",") if w),
+                      learned=tuple(w for w in args.learned.split(",") if w),
+                      schedules=tuple(w for w in args.schedules.split(",") if w),
+                      tokens=args.tokens)
     print(json.dumps(rows) if args.json else format_step_table(rows))
     return 0
 
@@ -147,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schemes", default="", metavar="NAME,NAME",
                    help="fixed masking schemes to time too: mae, beit, rectangles, oracle "
                    "(random object layers; default none)")
+    p.add_argument("--learned", default="adios-s,adios", metavar="MODE,MODE",
+                   help="learned pixel-mask modes to time (default adios-s,adios; '' for none)")
+    p.add_argument("--schedules", default="reference,fast,single-pass", metavar="NAME,NAME",
+                   help="schedules of the learned modes (default reference,fast,single-pass)")
+    p.add_argument("--tokens", action="store_true",
+                   help="ViT: also time token-random and token-adios (fast, single-pass), with "
+                   "their cost vs token-random and speed-up vs ADIOS-s (docs/tokens.md)")
     p.add_argument("--steps", type=int, default=1, metavar="N",
                    help="timed steps per configuration and round (default 1)")
     p.add_argument("--repeats", type=int, default=3, metavar="N",

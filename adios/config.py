@@ -93,24 +93,34 @@ class MaskerConfig:
     fbase: int = 32
     norm: Literal["group", "instance", "none"] = "group"
     blur_sigma: float = 0.0  # px; > 0 smooths the masks (our addition, see OcclusionModel)
+    token_dim: int = 64  # token-adios: width of the one-block token masker (TokenMasker)
+    token_heads: int = 4
 
     def __post_init__(self) -> None:
         _check(self.n_masks >= 2, "n_masks", "must be at least 2")
         _check(self.blur_sigma >= 0, "blur_sigma", "must be >= 0")
         _check(self.fbase >= 8 and self.fbase % 8 == 0, "fbase", "must be a multiple of 8")
+        _check(self.token_heads >= 1 and self.token_dim % self.token_heads == 0, "token_dim",
+               "must be a positive multiple of token_heads")
 
 
 @dataclass
 class ObjectiveConfig:
-    name: Literal["simclr", "byol", "simsiam"] = "simclr"
+    name: Literal["simclr", "byol", "simsiam", "mae"] = "simclr"  # mae: token modes only
     temperature: float = 0.2
     proj_hidden: int | None = None  # None: the objective's published default
     proj_out: int | None = None
     pred_hidden: int | None = None
     base_momentum: float = 0.99
     final_momentum: float = 1.0
+    decoder_dim: int = 128  # mae: the light decoder (adios/objectives/mae.py)
+    decoder_depth: int = 2
+    decoder_heads: int = 4
 
     def __post_init__(self) -> None:
+        _check(self.decoder_depth >= 1, "decoder_depth", "must be at least 1")
+        _check(self.decoder_heads >= 1 and self.decoder_dim % self.decoder_heads == 0,
+               "decoder_dim", "must be a positive multiple of decoder_heads")
         _check(self.temperature > 0, "temperature", "must be positive")
         _check(0 <= self.base_momentum <= self.final_momentum <= 1, "base_momentum",
                "need 0 <= base_momentum <= final_momentum <= 1")
@@ -119,8 +129,11 @@ class ObjectiveConfig:
 @dataclass
 class MaskingConfig:
     # adios / adios-s: learned masks; the others are fixed schemes without a masker, one
-    # occluding mask per image (adios/masking/schemes.py documents each and its defaults)
-    mode: Literal["adios", "adios-s", "none", "mae", "beit", "rectangles", "oracle"] = "adios"
+    # occluding mask per image (adios/masking/schemes.py documents each and its defaults);
+    # token-random / token-adios: a ViT encodes only keep_ratio of the patch tokens, drawn at
+    # random or by a learned token masker (adios/masking/tokens.py, docs/tokens.md)
+    mode: Literal["adios", "adios-s", "none", "mae", "beit", "rectangles", "oracle",
+                  "token-random", "token-adios"] = "adios"
     alpha_sparsity: float = 1.0
     # fast: exact, the unmasked view encoded once and the N masked copies in one batched pass;
     # reference: the straightforward schedule (same updates, for tests and benchmarks);
@@ -133,8 +146,12 @@ class MaskingConfig:
     oracle_margin: int = 0  # oracle, px: > 0 dilates the object mask, < 0 erodes it
     oracle_box: bool = False  # oracle: hide the object's bounding box
     oracle_shuffle: bool = False  # oracle: each image gets another image's mask
+    keep_ratio: float = 0.25  # token modes: fraction of the patch tokens the encoder sees
+    token_diversity: float = 1.0  # token-adios: weight of KL(batch-mean keep dist. || uniform)
 
     def __post_init__(self) -> None:
+        _check(0 < self.keep_ratio < 1, "keep_ratio", "must be in (0, 1)")
+        _check(self.token_diversity >= 0, "token_diversity", "must be >= 0")
         _check(self.alpha_sparsity >= 0, "alpha_sparsity", "must be >= 0")
         _check(self.ratio is None or 0 < self.ratio < 1, "ratio", "must be in (0, 1)")
         _check(self.patch_size is None or self.patch_size >= 1, "patch_size", "must be >= 1")
@@ -221,6 +238,15 @@ class Config:
         _check(self.seed >= 0, "seed", "must be >= 0")
         _check(self.masking.mode != "oracle" or self.data.name == "shapes", "masking.mode",
                "oracle needs ground-truth object masks, which only data.name=shapes has")
+        tokens = self.masking.mode.startswith("token-")
+        _check(not tokens or self.model.backbone.startswith("vit"), "masking.mode",
+               "token modes drop patch tokens, which needs model.backbone=vit_tiny or vit_small")
+        _check(not tokens or self.objective.name in ("simclr", "mae"), "masking.mode",
+               "token modes support objective.name=simclr or mae")
+        _check(tokens or self.objective.name != "mae", "objective.name",
+               "mae reconstructs dropped tokens: use masking.mode=token-random or token-adios")
+        _check(not tokens or self.masking.schedule != "reference", "masking.schedule",
+               "token modes have schedules fast and single-pass")
         size = self.data.image_size
         _check(self.masking.patch_size is None or self.masking.patch_size <= size,
                "masking.patch_size", "must be at most data.image_size")

@@ -8,7 +8,9 @@ with :func:`iterations`, so what they time is exactly what trains.
 
 :func:`train_step` reads top to bottom: :func:`draw_masks` (the learned masker's forward, or
 the fixed scheme's draw), then either :func:`single_pass_step` or :func:`encoder_step` followed
-by :func:`masker_step`.
+by :func:`masker_step`. Token modes (``token-random`` / ``token-adios``: the ViT encodes only
+the drawn patch tokens) take :func:`token_train_step`: :func:`draw_tokens`, then
+:func:`token_encoder_step` and :func:`token_masker_step`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from adios.data.datasets import Dataset, Split, load_dataset, to_device, trainin
 from adios.distributed import DistEnv, Replicas, process_generator, shard
 from adios.masking.adios import frozen, mask_sizes, penalty_term, reverse_gradient, siamese_loss
 from adios.masking.schemes import LEARNED, MaskScheme, fixed_scheme, views_with_objects
+from adios.masking.tokens import (
+    TOKEN_MODES,
+    gumbel_top_k,
+    keep_count,
+    masker_objective,
+    token_losses,
+)
 from adios.models import build_backbone, build_masker
 from adios.objectives import build_objective
 from adios.objectives.base import SiameseObjective
@@ -71,6 +80,10 @@ def build_models(cfg: Config, num_classes: int | None, device: torch.device) -> 
         cfg.model.backbone, cfg.data.image_size, width=cfg.model.width, stem=cfg.model.stem
     )
     kwargs = {"temperature": cfg.objective.temperature} if cfg.objective.name == "simclr" else {}
+    if cfg.objective.name == "mae":
+        kwargs.update(decoder_dim=cfg.objective.decoder_dim,
+                      decoder_depth=cfg.objective.decoder_depth,
+                      decoder_heads=cfg.objective.decoder_heads)
     if cfg.objective.name == "byol":
         kwargs.update(base_momentum=cfg.objective.base_momentum,
                       final_momentum=cfg.objective.final_momentum)
@@ -81,7 +94,7 @@ def build_models(cfg: Config, num_classes: int | None, device: torch.device) -> 
                 raise ValueError("objective.pred_hidden: SimCLR has no predictor")
             kwargs[key] = value
     objective = build_objective(cfg.objective.name, backbone, **kwargs)
-    masker = build_masker(cfg) if cfg.masking.mode in LEARNED else None
+    masker = build_masker(cfg) if cfg.masking.mode in (*LEARNED, "token-adios") else None
     probe = nn.Linear(backbone.out_dim, num_classes) if num_classes else None
     models = Models(objective.to(device), masker and masker.to(device), probe and probe.to(device),
                     scheme=fixed_scheme(cfg.masking, cfg.data.image_size))
@@ -174,7 +187,7 @@ def _encoder_loss(cfg: Config, models: Models, a: Tensor, b: Tensor, labels: Ten
                   schedule: str) -> tuple[Tensor, dict[str, float]]:
     """The encoder's objective (SSL loss + the online probe on detached features), the masks
     passed through ``seen`` (detached, or gradient-reversed for the single pass)."""
-    objective, probe, replicas = models.objective, models.probe, models.replicas
+    objective, replicas = models.objective, models.replicas
     encode = replicas.encoder if replicas else objective.forward_views
     if masks.fixed:  # one fixed mask per image hides its pixels; the views go in occluded
         loss, out_a = siamese_loss(objective, _occlude(a, masks.a), _occlude(b, masks.b), None,
@@ -183,18 +196,26 @@ def _encoder_loss(cfg: Config, models: Models, a: Tensor, b: Tensor, labels: Ten
         loss, out_a = siamese_loss(objective, a, b, seen(masks.b), cfg.masking.mode,
                                    masks_a=seen(masks.a), index_b=masks.index_b,
                                    index_a=masks.index_a, schedule=schedule, encode=encode)
-    total, stats = loss, {"loss": loss.item()}
+    stats = {"loss": loss.item()}
     if masks.fixed:
         stats["mask_sizes"] = mask_sizes(masks.b).mean(0).tolist()
-    if probe is not None and labels is not None:
-        classify = replicas.probe if replicas and replicas.probe else probe
-        logits = classify(out_a["h"].detach())
-        known = (labels >= 0).sum().clamp_min(1)  # unlabelled images (STL-10) carry label -1
-        probe_loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / known
-        total = total + probe_loss
-        stats["probe_loss"] = probe_loss.item()
-        stats["probe_acc"] = ((logits.argmax(1) == labels).sum() / known).item()
-    return total, stats
+    return loss + _probe_loss(models, out_a["h"], labels, stats), stats
+
+
+def _probe_loss(models: Models, features: Tensor, labels: Tensor | None,
+                stats: dict[str, Any]) -> Tensor | float:
+    """The online probe's loss on detached features (0 without a probe or labels); its loss
+    and accuracy go into ``stats``."""
+    probe, replicas = models.probe, models.replicas
+    if probe is None or labels is None:
+        return 0.0
+    classify = replicas.probe if replicas and replicas.probe else probe
+    logits = classify(features.detach())
+    known = (labels >= 0).sum().clamp_min(1)  # unlabelled images (STL-10) carry label -1
+    probe_loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / known
+    stats["probe_loss"] = probe_loss.item()
+    stats["probe_acc"] = ((logits.argmax(1) == labels).sum() / known).item()
+    return probe_loss
 
 
 def encoder_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optimizer, a: Tensor,
@@ -279,6 +300,9 @@ def train_step(
     ``scaler``: fp16 loss scaling (:func:`adios.perf.grad_scaler`). Without ``masker_opt`` the
     masker only draws masks (its step is skipped).
     """
+    if cfg.masking.mode in TOKEN_MODES:
+        return token_train_step(cfg, models, encoder_opt, masker_opt, a, b, labels, generator,
+                                scaler=scaler)
     if cfg.train.channels_last:
         a, b = channels_last(a), channels_last(b)
     amp = autocast(cfg.train.precision, a.device)
@@ -290,6 +314,87 @@ def train_step(
         stats = encoder_step(cfg, models, encoder_opt, a, b, labels, masks, amp, scaler)
         if models.masker is not None and masker_opt is not None:
             stats.update(masker_step(cfg, models, masker_opt, a, b, masks, amp, scaler))
+    if scaler is not None:
+        scaler.update()
+    return stats
+
+
+# ----------------------------------------------------------------------------- token modes
+
+
+@dataclass
+class DrawnTokens:
+    """This step's visible tokens of view b: ``keep`` (B, K) patch indices, drawn by Gumbel
+    top-k from ``scores`` (B, L) (the token masker's, with their graph; zeros for
+    token-random)."""
+
+    scores: Tensor
+    keep: Tensor
+
+
+def draw_tokens(cfg: Config, models: Models, b: Tensor, generator: torch.Generator,
+                amp: AbstractContextManager) -> DrawnTokens:
+    patches = models.backbone.num_patches
+    if models.masker is None:
+        scores = b.new_zeros(b.shape[0], patches, dtype=torch.float32)
+    else:
+        with amp:
+            scores = models.masker(b)
+    return DrawnTokens(scores, gumbel_top_k(scores, keep_count(patches, cfg.masking.keep_ratio),
+                                            generator))
+
+
+def token_encoder_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optimizer,
+                       a: Tensor, b: Tensor, labels: Tensor | None, tokens: DrawnTokens,
+                       amp: AbstractContextManager, scaler: torch.amp.GradScaler | None
+                       ) -> tuple[dict[str, Any], Tensor]:
+    """The encoder (and the probe) minimise the loss on the visible tokens; also returns the
+    per-image losses (detached), the single-pass masker's rewards."""
+    with amp:
+        per_image, features = token_losses(models.objective, a, b, tokens.keep)
+        loss = per_image.float().mean()
+        stats = {"loss": loss.item(), "kept_tokens": float(tokens.keep.shape[1])}
+        total = loss + _probe_loss(models, features, labels, stats)
+    encoder_opt.zero_grad(set_to_none=True)
+    backward(total, scaler)
+    optimizer_step(encoder_opt, scaler)
+    return stats, per_image.detach()
+
+
+def token_masker_step(cfg: Config, models: Models, masker_opt: torch.optim.Optimizer, a: Tensor,
+                      b: Tensor, tokens: DrawnTokens, rewards: Tensor | None,
+                      amp: AbstractContextManager,
+                      scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
+    """The masker ascends the score-function estimate of the loss of its draws, minus the
+    diversity penalty. Rewards: the given ones (single-pass) or, by default, the losses of the
+    same draws under the updated encoder, frozen (a forward pass, no backward)."""
+    if rewards is None:
+        with frozen(models.objective), torch.no_grad(), amp:
+            rewards, _ = token_losses(models.objective, a, b, tokens.keep)
+    loss, penalty = masker_objective(tokens.scores, tokens.keep, rewards,
+                                     cfg.masking.token_diversity)
+    masker_opt.zero_grad(set_to_none=True)
+    backward(loss, scaler)
+    optimizer_step(masker_opt, scaler)
+    return {"adv_loss": rewards.float().mean().item(), "diversity_kl": penalty.item()}
+
+
+def token_train_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optimizer,
+                     masker_opt: torch.optim.Optimizer | None, a: Tensor, b: Tensor,
+                     labels: Tensor | None, generator: torch.Generator, *,
+                     scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
+    """One round with token masking: draw view b's visible tokens, the encoder's step, then
+    (token-adios) the masker's. Not under torchrun yet (no DDP wrappers on this path)."""
+    if models.replicas is not None:
+        raise NotImplementedError("token masking modes do not support torchrun (DDP) yet")
+    amp = autocast(cfg.train.precision, a.device)
+    tokens = draw_tokens(cfg, models, b, generator, amp)
+    stats, per_image = token_encoder_step(cfg, models, encoder_opt, a, b, labels, tokens, amp,
+                                          scaler)
+    if models.masker is not None and masker_opt is not None:
+        rewards = per_image if cfg.masking.schedule == "single-pass" else None
+        stats.update(token_masker_step(cfg, models, masker_opt, a, b, tokens, rewards, amp,
+                                       scaler))
     if scaler is not None:
         scaler.update()
     return stats
@@ -437,6 +542,7 @@ def timed(run: Callable[[], int], count: int, warmup: int, device: torch.device)
 
 __all__ = [
     "DrawnMasks",
+    "DrawnTokens",
     "Models",
     "Setup",
     "Trainer",
@@ -444,6 +550,7 @@ __all__ = [
     "build_optimizers",
     "build_trainer",
     "draw_masks",
+    "draw_tokens",
     "encoder_step",
     "epoch_batches",
     "epoch_generator",
@@ -453,6 +560,9 @@ __all__ = [
     "setup",
     "single_pass_step",
     "timed",
+    "token_encoder_step",
+    "token_masker_step",
+    "token_train_step",
     "train_step",
     "views",
 ]

@@ -44,6 +44,7 @@ from adios.evaluation.knn import knn_accuracy
 from adios.evaluation.mask_metrics import mask_quality
 from adios.masking.adios import mask_confidence, mask_sizes
 from adios.masking.blobs import random_blob_masks
+from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
 from adios.perf import check_precision, peak_memory_mb, pick_device
 from adios.runlog import MetricsLog, NullLog
 from adios.viz import mask_figure
@@ -116,7 +117,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if start_epoch == 0 and labelled and main:
         knn0 = knn_eval(cfg, models.backbone, bank, s.val_split, dataset.num_classes, dataset,
                         device)
-        log.write({"epoch": 0, "step": 0, "knn_acc": knn0, **_confidence(models, dataset, device)})
+        log.write({"epoch": 0, "step": 0, "knn_acc": knn0,
+                   **_confidence(cfg, models, dataset, device)})
 
     # ---- the game
     models.objective.train()
@@ -144,14 +146,16 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
             row["knn_acc"] = knn_eval(cfg, models.backbone, bank, s.val_split,
                                       dataset.num_classes, dataset, device)
         picture = main and _due(cfg.train.picture_every, done, cfg.train.epochs)
-        if models.masker is not None and main:
-            shown = dataset.val.images[:CONFIDENCE_IMAGES]
-            masks = predict_masks(models.masker, shown, dataset.mean, dataset.std, device)
+        if models.masker is not None and main and cfg.masking.mode not in TOKEN_MODES:
+            masks = predict_masks(models.masker, dataset.val.images[:CONFIDENCE_IMAGES],
+                                  dataset.mean, dataset.std, device)
             row["mask_confidence"] = mask_confidence(masks)
-            if picture:
-                truth = None if dataset.val.instances is None else dataset.val.instances[:8]
-                mask_figure(shown, masks, run_dir / "masks" / f"epoch_{done:03d}.png",
-                            title=f"epoch {done}", truth=truth)
+        if models.masker is not None and picture:
+            shown = dataset.val.images[:8]
+            masks = _picture_masks(cfg, models, shown, dataset, device)
+            truth = None if dataset.val.instances is None else dataset.val.instances[:8]
+            mask_figure(shown, masks, run_dir / "masks" / f"epoch_{done:03d}.png",
+                        title=f"epoch {done}", truth=truth)
         log.write(row)
         say(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
         state = {"epoch": done, "objective": models.objective.state_dict(),
@@ -200,7 +204,9 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
         untrained.load_state_dict(init["backbone"])
         summary["knn_acc_random_init"] = knn_eval(cfg, untrained, bank, test,
                                                   dataset.num_classes, dataset, device)
-    if models.masker is not None:
+    if cfg.masking.mode in TOKEN_MODES:
+        summary.update(_token_summary(cfg, models, dataset, device, run_dir))
+    elif models.masker is not None:
         masks = predict_masks(models.masker, test.images, dataset.mean, dataset.std, device)
         summary["mask_sizes"] = mask_sizes(masks).mean(0).tolist()
         if test.instances is not None:
@@ -223,13 +229,47 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
     return summary
 
 
-def _confidence(models: Models, dataset: Dataset, device: torch.device) -> dict[str, float]:
+def _confidence(cfg: Config, models: Models, dataset: Dataset,
+                device: torch.device) -> dict[str, float]:
     """The untrained masker's confidence, the start of the curve the report draws."""
-    if models.masker is None:
+    if models.masker is None or cfg.masking.mode in TOKEN_MODES:  # token scores are no masks
         return {}
     masks = predict_masks(models.masker, dataset.val.images[:CONFIDENCE_IMAGES], dataset.mean,
                           dataset.std, device)
     return {"mask_confidence": mask_confidence(masks)}
+
+
+def _token_scores(models: Models, images: torch.Tensor, dataset: Dataset,
+                  device: torch.device) -> torch.Tensor:
+    """The token masker's keep scores (N, L), or equal ones for token-random."""
+    if models.masker is None:
+        return torch.zeros(len(images), models.backbone.num_patches)
+    return predict_masks(models.masker, images, dataset.mean, dataset.std, device)
+
+
+def _picture_masks(cfg: Config, models: Models, images: torch.Tensor, dataset: Dataset,
+                   device: torch.device) -> torch.Tensor:
+    """What a mask picture shows: the soft masks, or (token modes) the hidden patches of one
+    seeded draw, as a single mask."""
+    if cfg.masking.mode not in TOKEN_MODES:
+        return predict_masks(models.masker, images, dataset.mean, dataset.std, device)
+    keep = draw_visible(_token_scores(models, images, dataset, device), cfg.masking.keep_ratio,
+                        cfg.seed)
+    return hidden_pixels(keep, models.backbone.grid, cfg.data.image_size)
+
+
+def _token_summary(cfg: Config, models: Models, dataset: Dataset, device: torch.device,
+                   run_dir: Path) -> dict[str, Any]:
+    """Token modes on scenes: the share of hidden patch area on objects, learned vs random
+    (adios.masking.tokens.hidden_on_objects_report), and a picture of the hidden patches."""
+    test = dataset.test
+    if test.instances is None:
+        return {}
+    scores = _token_scores(models, test.images, dataset, device)
+    mask_figure(test.images[:8], _picture_masks(cfg, models, test.images[:8], dataset, device),
+                run_dir / "masks.png", title="test scenes: hidden patches")
+    return hidden_on_objects_report(scores, test.instances.cpu(), cfg.masking.keep_ratio,
+                                    cfg.seed)
 
 
 def _due(every: int, epoch: int, last: int) -> bool:

@@ -107,8 +107,9 @@ def mask_figure(
     truth: Tensor | None = None,
     untrained: Tensor | None = None,
 ) -> Path:
-    """Save a PNG grid: one row per image; columns image, [ground-truth objects], argmax masks,
-    soft masks, [the untrained masker's argmax masks], then image * (1 - m_n) for each mask.
+    """Save a PNG grid: one row per image; columns image, [ground-truth objects], argmax masks
+    (for N > 1), soft masks, [the untrained masker's argmax masks], then image * (1 - m_n) for
+    each mask.
 
     ``images`` are (B, 3, H, W) uint8 in 0-255 or float in [0, 1]; ``masks`` (and ``untrained``)
     are soft masks (B, N, H', W'), resized bilinearly to the images if needed; ``truth`` are
@@ -134,7 +135,8 @@ def mask_figure(
     columns: list[tuple[str, Tensor]] = [("image", images)]
     if truth is not None:
         columns.append(("objects", colour_instances(truth[:max_images])))
-    columns.append(("argmax", colour_code(argmax_masks(masks))))
+    if n_masks > 1:  # one mask (a fixed scheme's, or hidden tokens) has no argmax to show
+        columns.append(("argmax", colour_code(argmax_masks(masks))))
     columns.append(("soft masks", 0.75 * colour_code(masks) + 0.25 * grey))
     if untrained is not None:
         columns.append(("untrained", colour_code(argmax_masks(fitted(untrained)))))

@@ -15,7 +15,7 @@ from adios.cli import main
 from adios.config import load_config
 from adios.data.augment import normalize
 from adios.data.scenes import generate_scenes
-from adios.models import build_backbone
+from adios.models import build_backbone, build_masker
 
 TINY = [
     "preset=shapes-paper", "data.num_train=16", "data.num_val=8", "data.num_test=8",
@@ -136,3 +136,18 @@ def test_file_without_metadata_needs_its_run_dir(tmp_path):
         torch.testing.assert_close(encoder(x), backbone(x))
     with pytest.raises(ModelFileError, match="no such file.*trained no masker"):
         adios.load_masker(run_dir)
+
+
+def test_token_masker_loads_from_its_header(tmp_path):
+    cfg = load_config(["model.backbone=vit_tiny", "masking.mode=token-adios",
+                       "masker.token_dim=32"])
+
+    torch.manual_seed(0)
+    masker = build_masker(cfg).eval()
+    path = tmp_path / "masker.safetensors"
+    export_safetensors(masker.state_dict(), path, metadata=masker_metadata(cfg))
+    loaded = adios.load_masker(path)
+    assert type(loaded) is type(masker) and loaded.adios_metadata["mode"] == "token-adios"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), masker(x))

@@ -110,3 +110,29 @@ def test_bench_step_rejects_bad_options(capsys):
     assert "--repeats" in capsys.readouterr().err
     assert main(["bench", "step", "--schemes", "adios", *TINY]) == 2
     assert "--schemes" in capsys.readouterr().err
+
+
+VIT = ["preset=shapes-vit-simclr-token-adios", "optim.batch_size=4", "train.device=cpu",
+       "train.threads=1", "objective.proj_hidden=16", "objective.proj_out=8"]
+
+
+def test_bench_step_token_rows_and_their_ratios(capsys):
+    args = ["bench", "step", "--json", "--repeats", "1", "--learned", "adios-s", "--schedules",
+            "fast,single-pass", "--tokens", *VIT]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["masking"], r["schedule"]) for r in rows] == [
+        ("none", "fast"), ("adios-s", "fast"), ("adios-s", "single-pass"),
+        ("token-random", "fast"), ("token-adios", "fast"), ("token-adios", "single-pass")]
+    speed = {(r["masking"], r["schedule"]): r["images_per_s"] for r in rows}
+    for row in rows[3:]:
+        assert row["cost_vs_token_random"] == pytest.approx(
+            speed["token-random", "fast"] / row["images_per_s"])
+        same = "single-pass" if row["schedule"] == "single-pass" else "fast"
+        assert row["speedup_vs_adios_s"] == pytest.approx(
+            row["images_per_s"] / speed["adios-s", same])
+    mae = ["preset=shapes-vit-mae-token-adios", "objective.decoder_dim=16", *VIT[1:4]]
+    assert main(["bench", "step", "--repeats", "1", "--schedules", "fast", *mae]) == 0
+    table = capsys.readouterr().out
+    assert "token-random" in table and "token-adios" in table and "ADIOS-s" in table
+    assert "adios-s " not in table  # MAE has token modes only

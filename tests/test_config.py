@@ -58,3 +58,22 @@ def test_describe_lists_every_leaf_key():
     assert any(line.startswith("optim.lr = 0.") for line in lines)
     assert any(line.startswith("data.scenes.same_shape_prob = ") for line in lines)
     assert any("'adios' | 'adios-s' | 'none'" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["masking.mode=token-adios"], "need(s)? model.backbone=vit_tiny"),
+        (["model.backbone=vit_tiny", "masking.mode=token-random", "objective.name=byol"],
+         "token modes support objective.name=simclr or mae"),
+        (["model.backbone=vit_tiny", "objective.name=mae", "masking.mode=adios"],
+         "objective.name: mae reconstructs dropped tokens"),
+        (["model.backbone=vit_tiny", "masking.mode=token-adios", "masking.schedule=reference"],
+         "masking.schedule: token modes have schedules fast and single-pass"),
+        (["masking.keep_ratio=1.0"], "masking.keep_ratio: must be in"),
+        (["objective.decoder_dim=10", "objective.decoder_heads=4"], "objective.decoder_dim"),
+    ],
+)
+def test_token_mode_combinations_that_cannot_work_are_rejected(overrides, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(["preset=shapes-paper", *overrides])

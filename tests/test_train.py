@@ -144,3 +144,33 @@ def test_lr_scaling_multiplies_every_rate_by_global_batch_over_reference(scaling
         expected = (0.1 if probe_params & set(group["params"]) else 0.4) * factor
         assert group["lr"] == pytest.approx(expected) and group["base_lr"] == group["lr"]
     assert all(g["lr"] == pytest.approx(0.02 * factor) for g in masker_opt.param_groups)
+
+
+TOKENS = [
+    "data.num_train=16", "data.num_val=8", "data.num_test=16", "optim.batch_size=8",
+    "train.knn_bank=16", "train.progress=false", "train.device=cpu", "train.threads=1",
+    "train.epochs=1",
+]
+
+
+@pytest.mark.parametrize("preset, heads", [
+    ("shapes-vit-simclr-token-adios", ["objective.proj_hidden=32", "objective.proj_out=16"]),
+    ("shapes-vit-mae-token-adios", ["objective.decoder_dim=16", "objective.decoder_depth=1"]),
+])
+def test_token_run_reports_where_the_hidden_patches_go(tmp_path, preset, heads):
+    """A token-adios run trains both players, pictures its hidden patches and reports their
+    share on objects (learned draws, top-k and random); adios eval masks gives the same."""
+    run_dir = tmp_path / "tokens"
+    assert main(["train", f"run_dir={run_dir}", f"preset={preset}", *TOKENS, *heads]) == 0
+    for name in ("masks.png", "masks/epoch_001.png", "masker.safetensors", "encoder.safetensors"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    shares = [summary[f"token_hidden_on_objects{s}"] for s in ("", "_topk", "_random")]
+    assert all(0 < share < 1 for share in shares)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "lr" in r]
+    assert steps and all(r["kept_tokens"] == 16 and "adv_loss" in r for r in steps)
+    assert main(["eval", "masks", str(run_dir)]) == 0
+    tokens = json.loads((run_dir / "eval_masks.json").read_text())["tokens"]
+    assert tokens == pytest.approx({k: v for k, v in summary.items() if k.startswith("token_")})
+    assert (run_dir / "eval_masks_tokens.png").is_file()

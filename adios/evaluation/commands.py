@@ -32,12 +32,14 @@ from torch import nn
 from adios.checkpoint import RunDirError, load_checkpoint, write_json
 from adios.config import Config, ConfigError, load_config, to_dict
 from adios.data.datasets import SCENE_COUNTS, Dataset, load_dataset
+from adios.evaluation.features import predict_masks
 from adios.evaluation.figures import confusion_figure, save, size_histogram_figure
 from adios.evaluation.knn import KNN_KS, KNN_TEMPERATURES, evaluate_knn
 from adios.evaluation.linear import WEIGHT_DECAYS, evaluate_linear, evaluate_linear_fast
 from adios.evaluation.masks import evaluate_masks, mask_sources
 from adios.evaluation.protocol import FeatureSet, extract_feature_set
 from adios.evaluation.robustness import DEFAULT_CORRELATION, evaluate_backgrounds
+from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
 from adios.models import build_backbone, build_masker
 from adios.perf import pick_device
 from adios.viz import mask_figure
@@ -327,6 +329,8 @@ def run_linear(setup: EvalSetup, epochs: int = 100, batch_size: int = 256) -> di
 def run_masks(setup: EvalSetup, n_pictures: int = 8) -> dict:
     """Mask quality on the test split (no choice is made, so test is the right split)."""
     started = time.time()
+    if setup.model_cfg.masking.mode in TOKEN_MODES:
+        return _run_token_masks(setup, n_pictures, started)
     if setup.masker is None:
         raise ConfigError("masks: this model has no masker (masking.mode=none, or no --masker)")
     if setup.cfg.data.image_size != setup.model_cfg.data.image_size:
@@ -375,6 +379,29 @@ def run_masks(setup: EvalSetup, n_pictures: int = 8) -> dict:
         },
         started,
     )
+
+
+def _run_token_masks(setup: EvalSetup, n_pictures: int, started: float) -> dict:
+    """Token modes: where the hidden patches go on the test scenes (share of hidden area on
+    objects, the masker's draws and top-k vs random draws), and a picture of one draw."""
+    test = setup.dataset().test
+    if test.instances is None:
+        raise ConfigError(f"masks: dataset {setup.cfg.data.name!r} has no instance maps")
+    mode = setup.model_cfg.masking
+    grid = setup.backbone.grid
+    if setup.masker is None:  # token-random: equal scores
+        scores = torch.zeros(len(test), grid * grid)
+    else:
+        scores = predict_masks(setup.masker, test.images, setup.mean, setup.std, setup.device,
+                               setup.cfg.train.eval_batch_size)
+    report = hidden_on_objects_report(scores, test.instances.cpu(), mode.keep_ratio,
+                                      setup.model_cfg.seed)
+    picture = setup.output_path("masks_tokens", ".png")
+    keep = draw_visible(scores[:n_pictures], mode.keep_ratio, setup.model_cfg.seed)
+    mask_figure(test.images[:n_pictures], hidden_pixels(keep, grid, test.images.shape[-1]),
+                picture, title=f"{mode.mode}: hidden patches, test scenes")
+    return _write(setup, "masks", {"split": "test", "tokens": report, "picture": picture.name},
+                  started)
 
 
 def run_robustness(setup: EvalSetup, correlation: float | None = None, n_pictures: int = 8) -> dict:
@@ -442,7 +469,8 @@ def run_cheap(setup: EvalSetup) -> list[dict]:
     """The evaluations a laptop runs in minutes: kNN, fast linear, masks, backgrounds."""
     results = [run_knn(setup), run_linear_fast(setup)]
     test = setup.dataset().test
-    if setup.masker is not None and test.instances is not None:
+    tokens = setup.model_cfg.masking.mode in TOKEN_MODES
+    if (setup.masker is not None or tokens) and test.instances is not None:
         results.append(run_masks(setup))
     if setup.cfg.data.name == "shapes":
         results.append(run_robustness(setup))
@@ -482,6 +510,11 @@ def _headline(result: dict) -> str:
             else ""
         )
         return f"{kind} test top-1 {result['test']['top1']:.1%}{extra}"
+    if kind == "masks" and "tokens" in result:
+        t = result["tokens"]
+        return (f"hidden patch area on objects: draws {t['token_hidden_on_objects']:.1%}, "
+                f"top-k {t['token_hidden_on_objects_topk']:.1%}, "
+                f"random {t['token_hidden_on_objects_random']:.1%}")
     if kind == "masks":
         return "masks: " + "; ".join(
             f"{name} fg-ARI {_fmt(q['fg_ari'])} mBO {_fmt(q['mbo'])}"

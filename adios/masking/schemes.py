@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adios.data.augment import TwoViewAugment, ViewParams, resized_crop, transfer_params
+from adios.masking.tokens import TOKEN_MODES
 
 if TYPE_CHECKING:
     from adios.config import MaskingConfig
@@ -295,9 +296,10 @@ def views_with_objects(
 
 
 def fixed_scheme(masking: MaskingConfig, image_size: int) -> MaskScheme | None:
-    """The fixed scheme ``masking.mode`` names; None for no masks and for learned masks."""
+    """The fixed scheme ``masking.mode`` names; None for no masks, learned masks and token
+    modes (adios.masking.tokens)."""
     mode = masking.mode
-    if mode in ("none", *LEARNED):
+    if mode in ("none", *LEARNED, *TOKEN_MODES):
         return None
     ratio = masking.ratio if masking.ratio is not None else DEFAULT_RATIOS.get(mode)
     if mode == "mae":

@@ -169,10 +169,17 @@ class OcclusionModel(nn.Module):
                         k.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n)
 
 
-def build_masker(cfg: Config) -> OcclusionModel:
+def build_masker(cfg: Config) -> nn.Module:
     """The masker ``cfg`` describes, for training and for evaluation alike (one place, so that
-    an evaluated masker is the trained one: the same blur, norm and width)."""
+    an evaluated masker is the trained one: the same blur, norm and width). ``token-adios``:
+    the token masker over the ViT's patch grid."""
     m = cfg.masker
+    if cfg.masking.mode == "token-adios":
+        from adios.models.token_masker import TokenMasker
+        from adios.models.vit import patch_size_for
+
+        size = cfg.data.image_size
+        return TokenMasker(size, patch_size_for(size), dim=m.token_dim, heads=m.token_heads)
     return OcclusionModel(
         cfg.data.image_size, m.n_masks, fbase=m.fbase, norm=m.norm, blur_sigma=m.blur_sigma
     )

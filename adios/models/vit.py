@@ -3,11 +3,17 @@
 The classification head is replaced by an identity, so the model returns the class-token feature
 after the final layer norm. Patch size follows the image size so that small images still give a
 useful token grid (8x8 tokens below 96 px, patch 16 at 96 px and above as in the ADIOS paper).
+
+``forward(x, keep)`` encodes only the patch tokens listed in ``keep`` (masked-token models, MAE
+style): every patch gets its own position embedding before the others are dropped, so a kept
+token carries where it came from, and the dropped patches never enter the transformer. Without
+``keep`` it is torchvision's forward, all tokens.
 """
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torchvision.models import VisionTransformer
 
 __all__ = ["ViTBackbone", "patch_size_for", "vit_small", "vit_tiny"]
@@ -48,6 +54,31 @@ class ViTBackbone(VisionTransformer):
         )
         self.heads = nn.Identity()
         self.out_dim = hidden_dim
+        self.grid = image_size // patch_size  # tokens per side; patch i sits at (i // g, i % g)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+    def forward_tokens(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Final-layer-norm token features (B, 1 + K, D): the class token, then the kept patches
+        in the order of ``keep`` (B, K) patch indices (row-major on the grid); all patches when
+        ``keep`` is None."""
+        tokens = self._process_input(x) + self.encoder.pos_embedding[:, 1:]
+        if keep is not None:
+            if keep.dim() != 2 or keep.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"ViT: keep must be (batch, kept) patch indices, got {tuple(keep.shape)}"
+                )
+            index = keep.to(tokens.device, torch.long).unsqueeze(-1)
+            tokens = tokens.gather(1, index.expand(-1, -1, tokens.shape[-1]))
+        cls = (self.class_token + self.encoder.pos_embedding[:, :1]).expand(x.shape[0], -1, -1)
+        sequence = torch.cat([cls, tokens], dim=1)
+        return self.encoder.ln(self.encoder.layers(self.encoder.dropout(sequence)))
+
+    def forward(self, x: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Class-token features (B, D) of all patches, or of the ``keep`` subset only."""
+        return self.forward_tokens(x, keep)[:, 0]
 
 
 def vit_tiny(image_size: int, patch_size: int | None = None) -> ViTBackbone:

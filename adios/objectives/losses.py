@@ -19,8 +19,11 @@ def nt_xent(
     temperature: float,
     gather: Gather | None = None,
     rank: int = 0,
+    reduction: str = "mean",
 ) -> Tensor:
     """NT-Xent (SimCLR) loss of views ``z_a[i]``, ``z_b[i]`` of each image ``i``, mean over anchors.
+
+    ``reduction="none"`` gives the 2B anchor losses (rows of ``z_a``, then of ``z_b``).
 
     Every one of the 2B local embeddings is an anchor; its positive is the other view of the same
     image and its negatives are all other candidates, itself excluded. The loss is a cross-entropy
@@ -46,7 +49,7 @@ def nt_xent(
     self_index = offset + local
     positive_index = offset + (local + batch) % (2 * batch)
     logits[local, self_index] = float("-inf")
-    return F.cross_entropy(logits, positive_index)
+    return F.cross_entropy(logits, positive_index, reduction=reduction)
 
 
 def byol_loss(p: Tensor, z_target: Tensor) -> Tensor:

@@ -25,8 +25,9 @@ class SimCLR(SiameseObjective):
         self.projector = simclr_projector(backbone.out_dim, hidden=proj_hidden, out=proj_out)
         self.loss = NTXentLoss(temperature)
 
-    def forward_views(self, x: Tensor) -> dict[str, Tensor]:
-        h = self.backbone(x)
+    def forward_views(self, x: Tensor, keep: Tensor | None = None) -> dict[str, Tensor]:
+        """``keep`` (B, K) patch indices: a ViT encodes only those tokens (token masking)."""
+        h = self.backbone(x) if keep is None else self.backbone(x, keep)
         return {"h": h, "z": self.projector(h)}
 
     def pair_loss(self, a: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
