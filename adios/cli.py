@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
 
-from adios.checkpoint import RunDirError
-from adios.config import ConfigError, describe, load_config, preset_names, read_preset, to_dict
-from adios.data.errors import DataError
+from adios.config import describe, load_config, preset_names, read_preset, to_dict
+from adios.errors import AdiosError, ConfigError, NonFiniteError
 
 OVERRIDES_HELP = (
     "preset=NAME and dotted overrides KEY=VALUE, e.g. preset=shapes-simclr-adios optim.lr=0.3 "
@@ -22,14 +24,13 @@ OVERRIDES_HELP = (
 
 
 def _train(args: argparse.Namespace) -> int:
+    from adios.rundir import resume_config
     from adios.train import train
 
+    if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
+        raise ConfigError("--stop-after-epoch: must be at least 1")
     if args.resume is not None:
-        saved = yaml.safe_load((Path(args.resume) / "config.yaml").read_text())
-        if any(item.startswith("preset=") for item in args.overrides):
-            raise ConfigError("preset: a resumed run keeps its own configuration")
-        cfg = load_config(args.overrides, base=saved)
-        cfg.run_dir = str(args.resume)
+        cfg = resume_config(args.resume, args.overrides)
     else:
         cfg = load_config(args.overrides)
     run_dir = train(cfg, resume=args.resume is not None, overwrite=args.overwrite,
@@ -92,9 +93,19 @@ def _bench_step(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the one-line form of every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.removeprefix("adios").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"adios: error: {where}{message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="adios", description="Adversarial masked-image self-supervised learning (ADIOS)."
+    parser = _Parser(
+        prog="adios", description="Adversarial masked-image self-supervised learning (ADIOS). "
+        "Errors are one line (exit status 2); add --debug to any command for the traceback."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -283,7 +294,16 @@ def _add_eval_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_eval)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (what schedulers and ``kill`` send) stops a run like Ctrl-C does."""
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug anywhere: show the traceback of an error instead of one line
+    debug = "--debug" in argv or os.environ.get("ADIOS_DEBUG", "") not in ("", "0")
+    argv = [word for word in argv if word != "--debug"]
     parser = build_parser()
     # overrides may come before or after options: collect the stray KEY=VALUE words
     args, extra = parser.parse_known_args(argv)
@@ -292,14 +312,41 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = args.overrides + extra
+    from adios.rundir import active_note, interrupted, release_active
+
+    previous = None
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
-    except (ConfigError, RunDirError, DataError) as err:
-        print(f"adios: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("adios: interrupted; the last finished epoch's checkpoint is intact", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        name = "SIGTERM" if err.args == ("SIGTERM",) else "SIGINT"
+        message = interrupted(name)
+        if args.command == "compare":
+            message += "; the same adios compare command continues the grid"
+        print(f"adios: {message}", file=sys.stderr)
+        return 143 if name == "SIGTERM" else 130
+    except Exception as err:  # noqa: BLE001 - every failure is one line unless --debug
+        if debug:
+            traceback.print_exc()
+        note = active_note() if isinstance(err, NonFiniteError) else ""  # what is intact
+        print(f"adios: error: {_message(err)}{note}", file=sys.stderr)
+        return 2 if isinstance(err, AdiosError | OSError) else 1
+    finally:
+        release_active()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, AdiosError):
+        return str(err)
+    if isinstance(err, OSError):  # a file the user named: missing, unreadable, a folder, ...
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror or err}; check the path and its permissions"
+    return (f"unexpected {type(err).__name__}: {err}; this is a bug in adios: rerun with "
+            f"--debug and report the traceback")
 
 
 if __name__ == "__main__":

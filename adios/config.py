@@ -9,6 +9,8 @@ allowed, instead of an hour into a run.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,12 +21,9 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from adios.config_data import SceneConfig, ViewConfig
+from adios.errors import ConfigError
 
 DEFAULT_PRESET = "shapes-simclr-adios"
-
-
-class ConfigError(ValueError):
-    """A bad key or value in a preset or override; the message names the key."""
 
 
 @dataclass
@@ -185,8 +184,12 @@ class OptimConfig:
         _check(self.batch_size >= 2, "batch_size", "must be at least 2")
         _check(self.lr_reference_batch >= 1, "lr_reference_batch", "must be at least 1")
         for key in ("lr", "mask_lr", "probe_lr"):
-            _check(getattr(self, key) > 0, key, "must be positive")
+            value = getattr(self, key)
+            _check(value > 0 and math.isfinite(value), key, "must be positive and finite")
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        _check(self.mask_weight_decay >= 0, "mask_weight_decay", "must be >= 0")
+        _check(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        _check(self.eta > 0, "eta", "must be positive")
         _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
         _check(self.mask_warmup_epochs is None or self.mask_warmup_epochs >= 0,
                "mask_warmup_epochs", "must be >= 0")
@@ -200,6 +203,9 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None: torch's default
     log_every: int = 10
     wandb_project: str | None = None  # also log to this Weights & Biases project (extra `wandb`)
+    # steps between checks that every parameter is finite (also before every save): a diverged
+    # run stops with the last good checkpoint instead of saving NaN weights
+    finite_every: int = 10
     picture_every: int = 1  # epochs between mask pictures; 0 = only at the end
     knn_every: int = 1  # epochs between kNN monitor evaluations; 0 = only at the end
     knn_k: int = 20
@@ -214,7 +220,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", "must be at least 1")
+        _check(self.threads is None or self.threads >= 1, "threads",
+               "must be at least 1, or null for torch's default")
         _check(self.log_every >= 1, "log_every", "must be at least 1")
+        _check(self.picture_every >= 0, "picture_every", "must be >= 0 (0: only at the end)")
+        _check(self.knn_every >= 0, "knn_every", "must be >= 0 (0: only at the end)")
+        _check(self.knn_bank >= 1, "knn_bank", "must be at least 1")
+        _check(self.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+        _check(self.finite_every >= 1, "finite_every", "must be at least 1")
         _check(self.knn_k >= 1, "knn_k", "must be at least 1")
         _check(self.knn_temperature > 0, "knn_temperature", "must be positive")
 
@@ -259,6 +272,53 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+# ----------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader (no tags that build Python objects), reading YAML 1.2 floats.
+
+    YAML 1.1 reads ``1e-3`` (no dot, no exponent sign) as a string; everyone writes learning
+    rates that way, so every YAML document of the package (presets, overrides, config.yaml,
+    grids) goes through this loader.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+
+        |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?)$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse plain YAML; anything else (a syntax error, a python/object tag) is a ConfigError
+    naming ``where`` (a file, or an override's key)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())
+        raise ConfigError(
+            f"{where}: not plain YAML (only mappings, lists, numbers and strings are read): "
+            f"{reason:.300}"
+        ) from None
+
+
+def read_yaml(path: Path, what: str = "file") -> Any:
+    """Read and parse a YAML file; a missing or unreadable file is a ConfigError naming it."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read this {what} ({err})") from None
+    return load_yaml(text, str(path))
+
+
 # ----------------------------------------------------------------------------- presets
 
 
@@ -272,7 +332,7 @@ def read_preset(name: str) -> dict[str, Any]:
         available = ", ".join(preset_names())
         raise ConfigError(f"preset: unknown preset {name!r}; available: {available}")
     text = (resources.files("adios") / "presets" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+    return load_yaml(text, f"preset {name}") or {}
 
 
 # ----------------------------------------------------------------------------- building
@@ -285,10 +345,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{item!r}: an override is key=value, e.g. optim.lr=0.3")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{key}: cannot parse value {raw!r} ({err})") from None
+        value = load_yaml(raw, key) if raw != "" else ""
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -388,6 +445,8 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -408,8 +467,9 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def config_yaml(cfg: Config) -> str:
+    """The text of a run's config.yaml (adios.rundir writes it, atomically)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[str]:

@@ -31,6 +31,7 @@ from adios.config import Config
 from adios.data.augment import TwoViewAugment
 from adios.data.datasets import Dataset, Split, load_dataset, to_device, training_batches
 from adios.distributed import DistEnv, Replicas, process_generator, shard
+from adios.errors import ConfigError, NonFiniteError
 from adios.masking.adios import frozen, mask_sizes, penalty_term, reverse_gradient, siamese_loss
 from adios.masking.schemes import LEARNED, MaskScheme, fixed_scheme, views_with_objects
 from adios.masking.tokens import (
@@ -76,6 +77,16 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def build_models(cfg: Config, num_classes: int | None, device: torch.device) -> Models:
+    """The players; settings they cannot be built with are a ConfigError (before any write)."""
+    try:
+        return _build_models(cfg, num_classes, device)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"model: {err}") from None
+
+
+def _build_models(cfg: Config, num_classes: int | None, device: torch.device) -> Models:
     backbone = build_backbone(
         cfg.model.backbone, cfg.data.image_size, width=cfg.model.width, stem=cfg.model.stem
     )
@@ -428,7 +439,9 @@ class Trainer:
                            labels, draws, objects, scaler=self.scaler)
         self.models.objective.after_encoder_step(step, self.total_steps)
         if not all(math.isfinite(v) for v in stats.values() if isinstance(v, float)):
-            raise FloatingPointError(f"non-finite loss at step {step}: {stats}")
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in stats.items() if isinstance(v, float))
+            raise NonFiniteError(f"training diverged: non-finite loss at step {step} ({shown}); "
+                                 f"lower the learning rates (optim.lr, optim.mask_lr)")
         return stats
 
 

@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from adios.checkpoint import finite_json, write_text
+
 METRICS = "metrics.jsonl"
 WANDB_ID = "wandb_id.txt"  # the W&B run id, so that a resumed run continues the same W&B run
 
@@ -22,9 +24,9 @@ class MetricsLog:
                  config: dict[str, Any] | None = None) -> None:
         self.path = run_dir / METRICS
         if resume_step and self.path.exists():
-            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line]
-            kept = [r for r in rows if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
+            # atomically: a kill now must not lose the rows (tests/test_checkpoint.py)
+            write_text("".join(json.dumps(r) + "\n" for r in kept), self.path)
         self.file = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run
         from torch.utils.tensorboard import SummaryWriter
 
@@ -32,7 +34,7 @@ class MetricsLog:
         self.wandb = None if wandb_project is None else _wandb_run(run_dir, wandb_project, config)
 
     def write(self, row: dict[str, Any]) -> None:
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(json.dumps(finite_json(row)) + "\n")  # strict JSON: NaN -> null
         self.file.flush()
         step = row.get("step", 0)
         scalars = flat_scalars(row)
@@ -76,8 +78,16 @@ def _wandb_run(run_dir: Path, project: str, config: dict[str, Any] | None) -> An
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    """The logged rows; a line cut short by a killed process is skipped."""
+    rows = []
+    for line in (Path(run_dir) / METRICS).read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 class NullLog:

@@ -17,15 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adios.api import encoder_metadata, masker_metadata
-from adios.checkpoint import (
-    RunDirError,
-    export_safetensors,
-    load_checkpoint,
-    prepare_run_dir,
-    save_atomic,
-    write_json,
-)
-from adios.config import Config, save_config, to_dict
+from adios.checkpoint import export_safetensors, load_optimizer_state, load_state, write_json
+from adios.config import Config, to_dict
 from adios.data.datasets import Dataset, Split, knn_bank
 from adios.distributed import check_batch_size, from_main, replicate
 from adios.distributed import setup as setup_distributed
@@ -39,6 +32,7 @@ from adios.engine import (
     setup,
     train_step,
 )
+from adios.errors import ConfigError, RunDirError
 from adios.evaluation.features import extract_features, predict_masks
 from adios.evaluation.knn import knn_accuracy
 from adios.evaluation.mask_metrics import mask_quality
@@ -46,6 +40,7 @@ from adios.masking.adios import mask_confidence, mask_sizes
 from adios.masking.blobs import random_blob_masks
 from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
 from adios.perf import check_precision, peak_memory_mb, pick_device
+from adios.rundir import open_run_dir
 from adios.runlog import MetricsLog, NullLog
 from adios.viz import mask_figure
 
@@ -73,12 +68,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     env, device = setup_distributed(device)
     check_precision(cfg.train.precision, device)
     check_batch_size(cfg.optim.batch_size, env)
-    run_dir = from_main(env, lambda: prepare_run_dir(cfg, resume=resume, overwrite=overwrite))
-    cfg.run_dir = str(run_dir)
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT) if resume else None
     main = env.is_main
-    if not resume and main:
-        save_config(cfg, run_dir / "config.yaml")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     say = (lambda msg: tqdm.write(msg)) if cfg.train.progress and main else (lambda msg: None)
@@ -90,19 +80,32 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     encoder_opt, masker_opt, scaler = trainer.encoder_opt, trainer.masker_opt, trainer.scaler
     steps_per_epoch, total_steps = trainer.steps_per_epoch, trainer.total_steps
     labelled = s.labelled
+    n_train = len(dataset.train_files) if dataset.train_files is not None else len(dataset.train)
+    if cfg.optim.batch_size > n_train:
+        raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is more than the {n_train} "
+                          f"training images; lower it or use more images (data.num_train)")
     bank = knn_bank(s.train_split, cfg.train.knn_bank)
     init = {"backbone": copy.deepcopy(models.backbone.state_dict()),
             "masker": copy.deepcopy(models.masker.state_dict()) if models.masker else None}
 
+    # ---- the run directory, locked (adios/rundir.py): only now that all of the above is valid
+    run = from_main(env, lambda: open_run_dir(cfg, resume=resume, overwrite=overwrite))
+    run_dir = run.path
+    checkpoint = run.load_checkpoint() if run.resume else None
+    if checkpoint is not None:
+        from_main(env, lambda: run.reconcile(cfg, checkpoint))  # apply or refuse changes
+    elif main:
+        run.write_config(cfg)
     start_epoch = 0
     if checkpoint is not None:
-        models.objective.load_state_dict(checkpoint["objective"])
+        source = str(run_dir / CHECKPOINT)
+        load_state(models.objective, checkpoint["objective"], source)
         if models.masker is not None:
-            models.masker.load_state_dict(checkpoint["masker"])
-            masker_opt.load_state_dict(checkpoint["masker_opt"])
+            load_state(models.masker, checkpoint.get("masker") or {}, source)
+            load_optimizer_state(masker_opt, checkpoint.get("masker_opt") or {}, source)
         if models.probe is not None:
-            models.probe.load_state_dict(checkpoint["probe"])
-        encoder_opt.load_state_dict(checkpoint["encoder_opt"])
+            load_state(models.probe, checkpoint.get("probe") or {}, source)
+        load_optimizer_state(encoder_opt, checkpoint["encoder_opt"], source)
         init = checkpoint["init"]
         start_epoch = checkpoint["epoch"]
         say(f"resuming {run_dir} after epoch {start_epoch}")
@@ -111,9 +114,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if env.enabled:
         models.replicas = replicate(models.objective, models.masker, models.probe, env,
                                     sync_bn=cfg.train.sync_bn)
-    log = (MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch,
-                      wandb_project=cfg.train.wandb_project, config=to_dict(cfg)) if main
-           else NullLog())
+    log = run.closing(MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch,
+                                 wandb_project=cfg.train.wandb_project, config=to_dict(cfg))
+                      if main else NullLog())
     if start_epoch == 0 and labelled and main:
         knn0 = knn_eval(cfg, models.backbone, bank, s.val_split, dataset.num_classes, dataset,
                         device)
@@ -129,6 +132,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         tick = time.perf_counter()
         for i, (step, batch, draws) in enumerate(bar):
             stats = iteration(s, batch, step, draws)
+            if (step + 1) % cfg.train.finite_every == 0:  # and before every save
+                run.check_finite({"encoder": models.objective, "masker": models.masker}, step + 1)
             stats["images_per_s"] = (batch[0].shape[0] * env.world_size
                                      / (time.perf_counter() - tick))
             tick = time.perf_counter()
@@ -168,9 +173,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         if scaler is not None:
             state["scaler"] = scaler.state_dict()
         if main:
-            save_atomic(state, run_dir / CHECKPOINT)
+            run.save_checkpoint(state)  # refuses non-finite weights
         if stop_after_epoch is not None and done >= stop_after_epoch and done < cfg.train.epochs:
             log.close()
+            run.release()
             say(f"stopped after epoch {done}; continue with: adios train --resume {run_dir}")
             return run_dir
 
@@ -185,9 +191,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     summary = summarize(cfg, models, init, dataset, device, run_dir)
     summary.update(wall_s=time.time() - started, seed=cfg.seed, epochs=cfg.train.epochs,
                    steps=total_steps, run_dir=str(run_dir), peak_mem_mb=peak_memory_mb(device),
-                   processes=env.world_size)
+                   processes=env.world_size, resumes=run.resumes)
     write_json(summary, run_dir / "summary.json")
     log.close()
+    run.release()
     return run_dir
 
 

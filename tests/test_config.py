@@ -2,7 +2,7 @@
 
 import pytest
 
-from adios.config import ConfigError, describe, load_config, preset_names, to_dict
+from adios.config import ConfigError, describe, load_config, load_yaml, preset_names, to_dict
 
 
 def test_default_preset_and_dotted_overrides():
@@ -77,3 +77,51 @@ def test_describe_lists_every_leaf_key():
 def test_token_mode_combinations_that_cannot_work_are_rejected(overrides, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(["preset=shapes-paper", *overrides])
+
+
+# ----------------------------------------------------------------------------- issue 9, failure 5
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("1e-3", 0.001), ("5E-4", 0.0005), ("-2.5e+3", -2500.0), ("1.0e-3", 0.001), (".5", 0.5),
+    ("3e2", 300.0), ("1_000", 1000), ("1e", "1e"), ("e3", "e3"), ("0.3", 0.3),
+])
+def test_yaml_reads_exponent_numbers_as_floats(text, value):
+    """YAML 1.1 reads 1e-3 (no dot, no exponent sign) as a string; we read YAML 1.2 numbers."""
+    got = load_yaml(text, "x")
+    assert got == value and type(got) is type(value)
+
+
+def test_exponent_numbers_work_in_overrides_config_files_and_grids(tmp_path):
+    from adios.compare import cell_config, cells, load_grid
+    from adios.rundir import resume_config
+
+    cfg = load_config(["optim.lr=1e-3", "optim.weight_decay=5e-4", "optim.mask_lr=2E-2"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.mask_lr) == (0.001, 0.0005, 0.02)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("preset: shapes-paper\noptim:\n  lr: 1e-3\n")
+    assert resume_config(run, ["optim.probe_lr=3e-2"]).optim.lr == 0.001
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("preset: shapes-paper\nschemes: [adios]\nobjectives: [simclr]\n"
+                    "budget: {epochs: 1}\noverrides: {optim.lr: 1e-3, optim.mask_lr: 4e-2}\n")
+    loaded = load_grid(grid, tmp_path / "out")
+    cfg = cell_config(loaded, cells(loaded)[0], 1)
+    assert (cfg.optim.lr, cfg.optim.mask_lr) == (0.001, 0.04)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("optim.lr=.inf", "optim.lr: expected a finite number, got inf"),
+    ("optim.mask_lr=.nan", "optim.mask_lr: expected a finite number, got nan"),
+    ("train.threads=0", "train.threads: must be at least 1, or null"),
+    ("train.knn_bank=0", "train.knn_bank: must be at least 1"),
+    ("train.eval_batch_size=0", "train.eval_batch_size: must be at least 1"),
+    ("train.finite_every=0", "train.finite_every: must be at least 1"),
+    ("train.knn_every=-1", "train.knn_every: must be >= 0"),
+    ("optim.momentum=1", "optim.momentum: must be in [0, 1)"),
+    ("seed=!!python/name:os.system", "seed: not plain YAML"),
+])
+def test_values_that_would_crash_a_run_are_rejected_up_front(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config([override])
+    assert expected in str(err.value)

@@ -11,9 +11,10 @@ import adios
 PACKAGE = Path(adios.__file__).parent
 # lowest first; a module belongs to the layer of its longest listed prefix
 LAYERS = [
-    ["adios.config_data"],
+    ["adios.errors", "adios.config_data"],
     ["adios.config"],
-    ["adios.perf", "adios.runlog", "adios.checkpoint", "adios.optim", "adios.viz"],
+    ["adios.perf", "adios.runlog", "adios.checkpoint", "adios.rundir", "adios.optim",
+     "adios.viz"],
     ["adios.data"],
     ["adios.models"],
     ["adios.objectives"],

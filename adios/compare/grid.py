@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from adios.config import Config, ConfigError, load_config, preset_names
+from adios.config import Config, ConfigError, load_config, preset_names, read_yaml
 from adios.masking.schemes import SCHEMES
 from adios.objectives import OBJECTIVES
 
@@ -148,7 +146,7 @@ def load_grid(path: Path, output: Path | None = None) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"grid: no such file {path}")
-    return parse_grid(yaml.safe_load(path.read_text()), str(path), output)
+    return parse_grid(read_yaml(path, "grid file"), str(path), output)
 
 
 def cells(grid: Grid) -> list[Cell]:

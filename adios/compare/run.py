@@ -10,13 +10,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from adios.checkpoint import RunDirError, write_json
 from adios.compare.calibrate import budget_epochs
 from adios.compare.grid import Cell, Grid, cell_config, cells
 from adios.compare.tables import EVALUATIONS, cell_results, machine, write_tables
-from adios.config import to_dict
+from adios.config import read_yaml, to_dict
 
 # settings that do not change a cell's result: a rerun may change them
 FREE_KEYS = (
@@ -74,7 +72,7 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
     cfg = cell_config(grid, cell, budget_epochs(grid, cell, extra, say), extra)
     saved_path = run_dir / "config.yaml"
     if state in ("resume", "evaluate") and saved_path.is_file():
-        saved = yaml.safe_load(saved_path.read_text())
+        saved = read_yaml(saved_path, "config.yaml")
         if _comparable(saved) != _comparable(to_dict(cfg)):
             raise RunDirError(
                 f"{run_dir} was made with another configuration than the grid now "

@@ -1,5 +1,5 @@
-"""The error every dataset reader raises; light to import, so the CLI can catch it cheaply."""
+"""The error every dataset reader raises (defined with the others in :mod:`adios.errors`)."""
 
+from adios.errors import DataError
 
-class DataError(ValueError):
-    """A dataset that cannot be used as configured; the message names the file or setting."""
+__all__ = ["DataError"]

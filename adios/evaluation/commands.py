@@ -15,7 +15,6 @@ evaluating on a dataset other than the run's own adds the dataset's name:
 from __future__ import annotations
 
 import dataclasses
-import math
 import shlex
 import time
 from collections.abc import Sequence
@@ -24,14 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from matplotlib.figure import Figure
-from safetensors.torch import load_file
 from torch import nn
 
-from adios.checkpoint import RunDirError, load_checkpoint, write_json
-from adios.config import Config, ConfigError, load_config, to_dict
+from adios.checkpoint import (
+    finite_json,
+    load_checkpoint,
+    load_state,
+    load_weights,
+    nonfinite,
+    write_json,
+)
+from adios.config import Config, load_config, read_yaml, to_dict
 from adios.data.datasets import SCENE_COUNTS, Dataset, load_dataset
+from adios.errors import ConfigError, RunDirError
 from adios.evaluation.features import predict_masks
 from adios.evaluation.figures import confusion_figure, save, size_histogram_figure
 from adios.evaluation.knn import KNN_KS, KNN_TEMPERATURES, evaluate_knn
@@ -155,9 +160,9 @@ def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _build_masker(cfg: Config, state: dict[str, torch.Tensor]) -> nn.Module:
+def _build_masker(cfg: Config, state: dict[str, torch.Tensor], source: str) -> nn.Module:
     masker = build_masker(cfg)  # the trained masker's own build (its blur included)
-    masker.load_state_dict(state)
+    load_state(masker, state, source)
     return masker.eval()
 
 
@@ -186,8 +191,11 @@ def load_setup(
                     f"weights; only data.* and train.device/threads/"
                     f"eval_batch_size/progress apply"
                 )
-        saved = yaml.safe_load(config_path.read_text())
-        model_cfg = load_config([], base=saved)
+        saved = read_yaml(config_path, "config.yaml")
+        try:
+            model_cfg = load_config([], base=saved)
+        except ConfigError as err:
+            raise ConfigError(f"{config_path}: {err}") from None
         cfg = load_config(overrides, base=_evaluation_base(saved, overrides))
         if (run_dir / CHECKPOINT).is_file():
             checkpoint = load_checkpoint(run_dir / CHECKPOINT)
@@ -196,32 +204,49 @@ def load_setup(
         out_dir = out_dir or run_dir
     else:
         cfg = model_cfg = load_config(overrides)
-        backbone_state = load_file(str(encoder))
+        backbone_state = load_weights(encoder)
         source = {"encoder": str(encoder)}
-        masker_state = load_file(str(masker)) if masker is not None else None
+        masker_state = load_weights(masker) if masker is not None else None
         if masker is not None:
             source["masker"] = str(masker)
         out_dir = out_dir or encoder.parent
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
-    backbone = build_backbone(
-        model_cfg.model.backbone,
-        model_cfg.data.image_size,
-        width=model_cfg.model.width,
-        stem=model_cfg.model.stem,
-    )
-    backbone.load_state_dict(backbone_state)
+    try:
+        backbone = build_backbone(
+            model_cfg.model.backbone,
+            model_cfg.data.image_size,
+            width=model_cfg.model.width,
+            stem=model_cfg.model.stem,
+        )
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+    weights = source.get("weights", source.get("encoder"))
+    bad = nonfinite({"encoder": backbone_state, "masker": masker_state})
+    if bad:
+        raise RunDirError(
+            f"{run_dir or encoder}: the {' and '.join(bad)} weights ({weights}) hold NaN or inf: "
+            "the training diverged; evaluate another run"
+        )
+    load_state(backbone, backbone_state, f"{run_dir or ''}{'/' if run_dir else ''}{weights}")
     init_state = (checkpoint or {}).get("init") or {}
+    masker_source = str(masker) if masker is not None else f"{run_dir}/masker weights"
     return EvalSetup(
         model_cfg=model_cfg,
         cfg=cfg,
         backbone=backbone.to(device).eval(),
-        masker=None if masker_state is None else _build_masker(model_cfg, masker_state).to(device),
+        masker=(
+            None
+            if masker_state is None
+            else _build_masker(model_cfg, masker_state, masker_source).to(device)
+        ),
         init_masker=(
             None
             if init_state.get("masker") is None
-            else _build_masker(model_cfg, init_state["masker"]).to(device)
+            else _build_masker(model_cfg, init_state["masker"], f"{run_dir}/{CHECKPOINT}").to(
+                device
+            )
         ),
         device=device,
         out_dir=Path(out_dir),
@@ -243,7 +268,7 @@ def _evaluation_base(saved: dict[str, Any], overrides: Sequence[str]) -> dict[st
 def _run_backbone(run_dir: Path, checkpoint: dict | None) -> tuple[dict, dict]:
     exported = run_dir / "encoder.safetensors"
     if exported.is_file():
-        return load_file(str(exported)), {"run_dir": str(run_dir), "weights": exported.name}
+        return load_weights(exported), {"run_dir": str(run_dir), "weights": exported.name}
     if checkpoint is None:
         raise RunDirError(f"{run_dir} holds neither encoder.safetensors nor {CHECKPOINT}")
     source = {"run_dir": str(run_dir), "weights": f"{CHECKPOINT} (epoch {checkpoint['epoch']})"}
@@ -253,26 +278,15 @@ def _run_backbone(run_dir: Path, checkpoint: dict | None) -> tuple[dict, dict]:
 def _run_masker(run_dir: Path, checkpoint: dict | None) -> dict | None:
     exported = run_dir / "masker.safetensors"
     if exported.is_file():
-        return load_file(str(exported))
+        return load_weights(exported)
     return None if checkpoint is None else checkpoint.get("masker")
 
 
 # ----------------------------------------------------------------------------- the evaluations
 
 
-def _clean(value: Any) -> Any:
-    """NaN and inf become null, so the files are strict JSON for any reader."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _write(setup: EvalSetup, kind: str, result: dict, started: float) -> dict:
-    result = _clean({**setup.header(kind), **result, "wall_s": time.time() - started})
+    result = finite_json({**setup.header(kind), **result, "wall_s": time.time() - started})
     path = setup.output_path(kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(result, path)
@@ -458,7 +472,7 @@ def run_transfer(setup: EvalSetup) -> dict:
     linear, _ = evaluate_linear_fast(setup.features())
     kind = f"transfer_{setup.cfg.data.name}"
     result = {"source_dataset": to_dict(setup.model_cfg.data), "knn": knn, "linear_fast": linear}
-    result = _clean({**setup.header(kind), **result, "wall_s": time.time() - started})
+    result = finite_json({**setup.header(kind), **result, "wall_s": time.time() - started})
     path = setup.out_dir / f"eval_{kind}.json"
     write_json(result, path)
     result["path"] = str(path)

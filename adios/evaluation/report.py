@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -22,7 +21,10 @@ import matplotlib.image
 import yaml
 from matplotlib.figure import Figure
 
+from adios.checkpoint import read_json
+from adios.config import read_yaml
 from adios.data.datasets import SCENE_COUNTS
+from adios.errors import RunDirError
 from adios.evaluation.figures import (
     curve_panels,
     curves_figure,
@@ -58,14 +60,14 @@ class RunRecord:
         run_dir = Path(run_dir)
         config_path = run_dir / "config.yaml"
         if not config_path.is_file():
-            raise FileNotFoundError(f"{run_dir} is not a run directory: it holds no config.yaml")
+            raise RunDirError(f"{run_dir} is not a run directory: it holds no config.yaml")
         summary_path = run_dir / "summary.json"
         metrics = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
-        evals = {p.stem: json.loads(p.read_text()) for p in sorted(run_dir.glob("eval_*.json"))}
+        evals = {p.stem: read_json(p) for p in sorted(run_dir.glob("eval_*.json"))}
         return cls(
             run_dir=run_dir,
-            config=yaml.safe_load(config_path.read_text()),
-            summary=json.loads(summary_path.read_text()) if summary_path.is_file() else {},
+            config=read_yaml(config_path, "config.yaml"),
+            summary=read_json(summary_path) if summary_path.is_file() else {},
             metrics=metrics,
             evals=evals,
         )

@@ -1,0 +1,352 @@
+"""Run directories: what may be replaced, who may write, and what a resume may change.
+
+- A run directory of ours holds ``config.yaml`` and the marker ``.adios-run``. The marker is
+  also the lock: the process running the run holds an exclusive ``flock`` on it for the run's
+  life, so a second train, resume or ``--overwrite`` of the same directory stops with the
+  holder's pid. The kernel drops the lock when the process dies (even by kill -9), so a marker
+  left behind by a dead process is no obstacle.
+- ``--overwrite`` empties only a run of ours or an empty directory, never the working
+  directory or a folder above it; anything else is refused.
+- A run interrupted before its first checkpoint holds nothing worth keeping: the same command
+  (or ``--resume``) starts it again, no ``--overwrite`` needed.
+- The checkpoint stores the SHA-256 of the config.yaml written beside it. A resume compares the
+  configuration it is given (config.yaml, perhaps edited by hand, plus command-line overrides)
+  with the one the checkpoint was trained with: settings that only steer the rest of the run
+  (learning rates and their schedule, epochs, monitoring, devices) apply and are recorded in
+  config.yaml, the checkpoint and summary.json; settings the weights depend on are refused.
+
+docs/running.md describes the rules for users.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+from torch import nn
+
+from adios.checkpoint import is_temporary, load_checkpoint, nonfinite, save_atomic, write_text
+from adios.config import Config, ConfigError, config_yaml, load_config, read_yaml, to_dict
+from adios.errors import NonFiniteError, RunDirError
+
+MARKER = ".adios-run"
+CONFIG = "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+# what the weights depend on: a resume that changes one of these is refused
+FIXED = ("seed", "preset", "data.", "augment.", "model.", "masker.", "objective.", "masking.",
+         "optim.name", "optim.mask_name", "optim.batch_size")
+# ... except where the data comes from and how it is read
+MOVABLE = ("data.path", "data.workers", "data.loader", "data.memory_limit_mb")
+IGNORED = ("run_dir", "description")
+CHECKPOINT_KEYS = ("epoch", "objective", "encoder_opt", "init", "config")
+
+T = TypeVar("T")
+_active: RunDir | None = None  # the run this process holds, for the interrupt message
+
+
+class RunDir:
+    """An opened (and, on process 0, locked) run directory."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path = path
+        self.resume = resume  # a checkpoint is to be loaded
+        self.checkpoint_epoch: int | None = None  # of the checkpoint on disk, once known
+        self.config_sha256: str | None = None
+        self.resumes: list[dict[str, Any]] = []  # what each resume changed
+        self._lock_fd: int | None = None
+        self._closers: list[Any] = []
+
+    def __getstate__(self) -> dict[str, Any]:  # sent to the other torchrun processes
+        return {**self.__dict__, "_lock_fd": None, "_closers": []}
+
+    def closing(self, resource: T) -> T:
+        """Close ``resource`` (e.g. the metrics log) on release, also after a failure."""
+        self._closers.append(resource)
+        return resource
+
+    # ---------------------------------------------------------------- lock
+
+    def lock(self) -> None:
+        """Take the run's exclusive lock, or stop naming the process that holds it."""
+        try:
+            fd = os.open(self.path / MARKER, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunDirError(f"{self.path}: cannot write in this run directory "
+                              f"({err.strerror or err}); choose another run_dir") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = re.search(rb"pid (\d+)", os.pread(fd, 256, 0))
+            os.close(fd)
+            pid = holder.group(1).decode() if holder else "unknown"
+            raise RunDirError(
+                f"{self.path} is in use by another adios process (pid {pid}); wait for it to "
+                f"finish or stop it, or choose another run_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"adios run directory (docs/running.md); locked by pid {os.getpid()}\n"
+                  .encode(), 0)
+        self._lock_fd = fd
+        global _active
+        _active = self
+
+    def release(self) -> None:
+        global _active
+        while self._closers:
+            with contextlib.suppress(Exception):
+                self._closers.pop().close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+        if _active is self:
+            _active = None
+
+    # ---------------------------------------------------------------- files
+
+    def write_config(self, cfg: Config) -> None:
+        """config.yaml, atomically; its hash goes into every later checkpoint."""
+        text = config_yaml(cfg)
+        write_text(text, self.path / CONFIG)
+        self.config_sha256 = hashlib.sha256(text.encode()).hexdigest()
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        checkpoint = load_checkpoint(self.path / CHECKPOINT, required=CHECKPOINT_KEYS)
+        self.checkpoint_epoch = checkpoint["epoch"]
+        self.resumes = list(checkpoint.get("resumes") or [])
+        return checkpoint
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Check that every weight is finite, then save atomically with the config's hash."""
+        parts = {"encoder": state.get("objective"), "masker": state.get("masker"),
+                 "online probe": state.get("probe")}
+        _check_finite(parts, self, f"at the end of epoch {state['epoch']}")
+        save_atomic({**state, "config_sha256": self.config_sha256, "resumes": self.resumes},
+                    self.path / CHECKPOINT)
+        self.checkpoint_epoch = state["epoch"]
+
+    def check_finite(self, parts: dict[str, nn.Module | None], step: int) -> None:
+        """Stop (saving nothing) if a model's weights hold NaN or inf after ``step`` steps."""
+        _check_finite(parts, self, f"after step {step}")
+
+    def intact(self) -> str:
+        """What a user still has if this run stops now."""
+        if self.checkpoint_epoch is None:
+            return (f"{self.path} has no checkpoint yet: the same command, or adios train "
+                    f"--resume {self.path}, starts it again (no --overwrite needed)")
+        return (f"{self.path / CHECKPOINT} (epoch {self.checkpoint_epoch}) is intact: continue "
+                f"with adios train --resume {self.path}")
+
+    # ---------------------------------------------------------------- resume
+
+    def reconcile(self, cfg: Config, checkpoint: dict[str, Any]) -> list[str]:
+        """Apply or refuse the differences between ``cfg`` and what ``checkpoint`` was trained
+        with; returns the applied changes as ``key: old -> new`` lines (and records them)."""
+        trained = _flat(checkpoint["config"])
+        saved_text = (self.path / CONFIG).read_bytes()
+        edited = (checkpoint.get("config_sha256") is not None
+                  and hashlib.sha256(saved_text).hexdigest() != checkpoint["config_sha256"])
+        by_hand = set()
+        if edited:
+            saved = _flat(to_dict(load_config([], base=read_yaml(self.path / CONFIG, CONFIG))))
+            by_hand = {k for k, v in saved.items() if k in trained and trained[k] != v}
+        now = _flat(to_dict(cfg))
+        changes = {k: (trained[k], v) for k, v in now.items()
+                   if k in trained and trained[k] != v and not k.startswith(IGNORED)}
+        refused = [k for k in changes if k.startswith(FIXED) and not k.startswith(MOVABLE)]
+        if refused:
+            said = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r}"
+                             f"{', edited in config.yaml' if k in by_hand else ''})"
+                             for k in refused)
+            raise RunDirError(
+                f"cannot resume {self.path} with {said}: its checkpoint was trained with the "
+                f"old value{'s' if len(refused) > 1 else ''}; start a new run (another run_dir) "
+                f"for other model, data or seed settings"
+                + (f", or restore {self.path / CONFIG}" if by_hand & set(refused) else "")
+            )
+        if cfg.train.epochs < checkpoint["epoch"]:
+            raise RunDirError(
+                f"train.epochs={cfg.train.epochs}: {self.path} has already trained "
+                f"{checkpoint['epoch']} epochs; give at least that many"
+            )
+        lines = [f"{k}: {old!r} -> {new!r}" + (" (edited in config.yaml)" if k in by_hand
+                                                else "") for k, (old, new) in changes.items()]
+        if edited and not changes:
+            lines.append("config.yaml was edited but no setting differs")
+        if changes:
+            self.resumes.append({"after_epoch": checkpoint["epoch"],
+                                 "changes": {k: list(v) for k, v in changes.items()}})
+        if changes or edited:
+            self.write_config(cfg)
+        else:
+            self.config_sha256 = checkpoint.get("config_sha256")
+        for line in lines:
+            _tell(f"resuming {self.path} with {line}")
+        return lines
+
+
+def open_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> RunDir:
+    """Create, reopen (to resume) or replace the run directory, lock it, record it in
+    ``cfg.run_dir``. Raises RunDirError (before touching anything) when it may not be used."""
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other")
+    if _active is not None:
+        _active.release()  # one run at a time per process (an earlier one failed in-process)
+    path = _default_path(cfg) if cfg.run_dir is None else Path(cfg.run_dir)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"run_dir: {path} is a file, not a folder; choose another run_dir")
+    if resume and not path.is_dir():
+        raise RunDirError(f"cannot resume {path}: no such directory; start the run with "
+                          f"adios train run_dir={path}")
+    if path.is_dir():
+        ours, empty = _is_ours(path), _is_empty(path)
+        if not (ours or empty):
+            if resume:
+                raise RunDirError(f"cannot resume {path}: it is not an adios run directory "
+                                  f"(it has no {CONFIG} and {MARKER})")
+            raise RunDirError(
+                f"run directory {path} exists and is not empty, and it is not an adios run "
+                f"(no {CONFIG} and {MARKER})"
+                + ("; --overwrite only replaces adios runs, so nothing was deleted"
+                   if overwrite else "")
+                + ": choose another run_dir, or empty it yourself"
+            )
+        run = RunDir(path, resume=resume)
+        run.lock()
+        has_checkpoint = (path / CHECKPOINT).is_file()
+        if ours and has_checkpoint and not (resume or overwrite):
+            run.release()
+            raise RunDirError(
+                f"run directory {path} exists and is not empty: it holds a run with a "
+                f"checkpoint; pass --resume {path} to continue it, or --overwrite to replace it"
+            )
+        if not has_checkpoint or overwrite:
+            run.resume = False
+            if not empty:
+                if not overwrite:
+                    _tell(f"restarting {path}: its run stopped before its first checkpoint")
+                _empty(path, run)
+        _remove_temporaries(path)
+    else:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunDirError(f"run_dir: cannot create {path} ({err.strerror or err}); choose "
+                              f"a writable location") from None
+        run = RunDir(path, resume=False)
+        run.lock()
+    cfg.run_dir = str(path)
+    return run
+
+
+def resume_config(path: Path, overrides: list[str]) -> Config:
+    """The configuration to resume ``path`` with: its config.yaml plus ``overrides``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"cannot resume {path}: no such directory; start the run with "
+                          f"adios train run_dir={path}")
+    if not (path / CONFIG).is_file():
+        raise RunDirError(f"cannot resume {path}: it holds no {CONFIG}, so it is not an adios run")
+    if any(item.startswith("preset=") for item in overrides):
+        raise ConfigError("preset: a resumed run keeps its own configuration")
+    saved = read_yaml(path / CONFIG, CONFIG)
+    try:
+        load_config([], base=saved)
+    except ConfigError as err:
+        raise ConfigError(f"{path / CONFIG}: {err}; restore the file") from None
+    cfg = load_config(overrides, base=saved)
+    cfg.run_dir = str(path)
+    return cfg
+
+
+def interrupted(signal_name: str) -> str:
+    """The truthful line for an interrupt: which checkpoint is intact, or that there is none."""
+    what = "interrupted" if signal_name == "SIGINT" else f"stopped by {signal_name}"
+    return what + active_note()
+
+
+def active_note() -> str:
+    """``; <what is intact>`` of the run this process holds, or nothing."""
+    return "" if _active is None else f"; {_active.intact()}"
+
+
+def release_active() -> None:
+    if _active is not None:
+        _active.release()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _tell(message: str) -> None:
+    print(f"adios: {message}", file=sys.stderr)
+
+
+def _default_path(cfg: Config) -> Path:
+    stem = Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = stem, 1
+    while path.exists():
+        n += 1
+        path = stem.with_name(f"{stem.name}-{n}")
+    return path
+
+
+def _is_ours(path: Path) -> bool:
+    """config.yaml and the marker (or, for runs older than the marker, a checkpoint)."""
+    return (path / CONFIG).is_file() and ((path / MARKER).is_file()
+                                          or (path / CHECKPOINT).is_file())
+
+
+def _is_empty(path: Path) -> bool:
+    """Nothing, or only what an interrupted start leaves: the marker and temporary files."""
+    return all(entry.name == MARKER or is_temporary(entry) for entry in path.iterdir())
+
+
+def _empty(path: Path, run: RunDir) -> None:
+    """Delete everything in ``path`` but the (held) marker; never the working directory."""
+    here = Path.cwd().resolve()
+    if here == path.resolve() or path.resolve() in here.parents:
+        run.release()
+        raise RunDirError(f"run_dir: {path} is the working directory or a folder above it; "
+                          f"refusing to empty it: choose another run_dir")
+    for entry in path.iterdir():
+        if entry.name == MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _remove_temporaries(path: Path) -> None:
+    """Temporary files of writes a dead process never finished (we hold the lock)."""
+    for entry in path.iterdir():
+        if is_temporary(entry) and entry.is_file():
+            entry.unlink(missing_ok=True)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _check_finite(parts: dict[str, Any], run: RunDir, when: str) -> None:
+    bad = nonfinite(parts)
+    if bad:
+        raise NonFiniteError(
+            f"training diverged: non-finite (NaN or inf) weights in the {' and '.join(bad)} "
+            f"{when}, not saved; lower the learning rates (optim.lr, optim.mask_lr) or warm up "
+            f"longer (optim.warmup_epochs)"
+        )

@@ -1,0 +1,267 @@
+"""Issue 9, one test (or more) per numbered failure: what --overwrite may delete, the lock, what a
+resume may change, NaN weights, validation before anything is written, interrupts, batch size."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import threading
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tiny_run import TINY, load
+
+import adios.engine
+from adios.cli import main
+from adios.rundir import MARKER, RunDir
+
+ONE_EPOCH = [*TINY, "train.epochs=1", "train.knn_every=0"]
+
+
+def train(run_dir, *args: str) -> int:
+    return main(["train", f"run_dir={run_dir}", *args])
+
+
+def files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- 1. --overwrite
+
+
+def test_1_overwrite_refuses_a_folder_that_is_not_a_run_and_keeps_the_users_file(
+        tmp_path, capsys):
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    (decoy / "thesis.tex").write_text("three years of work")
+    assert train(decoy, *ONE_EPOCH, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert f"run directory {decoy} exists and is not empty, and it is not an adios run" in err
+    assert "nothing was deleted" in err
+    assert files(decoy) == {"thesis.tex": b"three years of work"}  # not even a lock file added
+
+
+def test_1_overwrite_never_empties_the_working_directory_or_a_folder_above_it(
+        tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert train(run, *ONE_EPOCH) == 0
+    before = files(run)
+    for cwd, target in ((run, "."), (run / "tb", str(run))):
+        monkeypatch.chdir(cwd)
+        assert main(["train", f"run_dir={target}", *ONE_EPOCH, "--overwrite"]) == 2
+        assert "is the working directory or a folder above it" in capsys.readouterr().err
+        assert files(run) == before
+
+
+def test_1_overwrite_replaces_a_run_of_ours_and_an_empty_folder_needs_nothing(tmp_path):
+    run = tmp_path / "run"
+    assert train(run, *ONE_EPOCH) == 0
+    (run / "eval_knn.json").write_text("{}")  # made by adios eval: part of the run
+    first = (run / "encoder.safetensors").read_bytes()
+    assert train(run, *ONE_EPOCH, "seed=1", "--overwrite") == 0
+    assert (run / "encoder.safetensors").read_bytes() != first
+    assert not (run / "eval_knn.json").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert train(empty, *ONE_EPOCH) == 0 and (empty / MARKER).is_file()
+
+
+# ----------------------------------------------------------------------------- 2. the lock
+
+
+def _hold_lock(path: str, ready, release) -> None:
+    RunDir(__import__("pathlib").Path(path), resume=False).lock()
+    ready.set()
+    release.wait(60)
+
+
+def test_2_a_run_directory_in_use_is_refused_for_train_resume_and_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(run, *ONE_EPOCH, "train.epochs=2", "--stop-after-epoch", "1") == 0
+    before = files(run)
+    fork = multiprocessing.get_context("fork")
+    ready, release = fork.Event(), fork.Event()
+    holder = fork.Process(target=_hold_lock, args=(str(run), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        capsys.readouterr()
+        for argv in (["train", f"run_dir={run}", *ONE_EPOCH],
+                     ["train", "--resume", str(run)],
+                     ["train", f"run_dir={run}", *ONE_EPOCH, "--overwrite"]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert f"{run} is in use by another adios process (pid {holder.pid})" in err, argv
+        after = files(run)
+        assert {k: v for k, v in after.items() if k != MARKER} == {
+            k: v for k, v in before.items() if k != MARKER}
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # kill -9: the kernel drops its lock
+        holder.join()
+    assert "pid" in (run / MARKER).read_text()  # the dead holder's marker stays behind ...
+    assert main(["train", "--resume", str(run)]) == 0  # ... and is no obstacle
+    assert load(run / "checkpoint.pt")["epoch"] == 2
+
+
+# ----------------------------------------------------------------------------- 3. resume
+
+
+@pytest.fixture
+def half_run(tmp_path):
+    """A 2-epoch run stopped after epoch 1."""
+    run = tmp_path / "half"
+    assert train(run, *TINY, "train.epochs=2", "--stop-after-epoch", "1") == 0
+    return run
+
+
+def test_3_resume_overrides_apply_and_are_recorded(half_run, tmp_path, capsys):
+    plain, faster = tmp_path / "plain", tmp_path / "faster"
+    shutil.copytree(half_run, plain)
+    shutil.copytree(half_run, faster)
+    assert main(["train", "--resume", str(plain)]) == 0
+    assert main(["train", "--resume", str(faster), "optim.lr=0.5", "train.epochs=3"]) == 0
+    assert "with optim.lr: 0.3 -> 0.5" in capsys.readouterr().err
+    # the optimiser got the new rate: its base rate is 0.5, and the weights differ
+    state = load(faster / "checkpoint.pt")
+    groups = state["encoder_opt"]["param_groups"]
+    assert {g["base_lr"] for g in groups if not g.get("lars_exclude")} == {0.5}
+    a, b = load_file(plain / "encoder.safetensors"), load_file(faster / "encoder.safetensors")
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    saved = yaml.safe_load((faster / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 0.5 and saved["train"]["epochs"] == 3
+    summary = json.loads((faster / "summary.json").read_text())
+    assert summary["epochs"] == 3 and state["epoch"] == 3
+    assert summary["resumes"] == [{"after_epoch": 1, "changes": {"optim.lr": [0.3, 0.5],
+                                                                 "train.epochs": [2, 3]}}]
+    assert json.loads((plain / "summary.json").read_text())["resumes"] == []
+
+
+def test_3_resume_refuses_changes_the_weights_depend_on(half_run, capsys):
+    before = files(half_run)
+    assert main(["train", "--resume", str(half_run), "model.width=8"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "model.width (4 -> 8)" in err and "new run" in err
+    assert {k: v for k, v in files(half_run).items() if k != MARKER} == {
+        k: v for k, v in before.items() if k != MARKER}
+
+
+def test_3_hand_edited_config_yaml_is_detected(half_run, capsys):
+    path = half_run / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    saved["masker"]["n_masks"] = 5
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert main(["train", "--resume", str(half_run)]) == 2
+    err = capsys.readouterr().err
+    assert "masker.n_masks (3 -> 5, edited in config.yaml)" in err and "restore" in err
+    saved["masker"]["n_masks"] = 3
+    saved["optim"]["lr"] = 0.25
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert main(["train", "--resume", str(half_run)]) == 0
+    assert "optim.lr: 0.3 -> 0.25 (edited in config.yaml)" in capsys.readouterr().err
+    assert json.loads((half_run / "summary.json").read_text())["resumes"][0]["changes"] == {
+        "optim.lr": [0.3, 0.25]}
+
+
+# ----------------------------------------------------------------------------- 4. NaN weights
+
+
+def test_4_non_finite_weights_are_never_saved(tmp_path, monkeypatch, capsys):
+    """The last step of epoch 1 leaves a NaN in the masker (its loss was still finite)."""
+    step = adios.engine.train_step
+    calls = []
+
+    def poisoned(cfg, models, *args, **kwargs):
+        stats = step(cfg, models, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                next(models.masker.parameters()).view(-1)[0] = float("nan")
+        return stats
+
+    monkeypatch.setattr(adios.engine, "train_step", poisoned)
+    run = tmp_path / "run"
+    assert train(run, *ONE_EPOCH) == 2
+    err = capsys.readouterr().err
+    assert "non-finite (NaN or inf) weights in the masker at the end of epoch 1" in err
+    assert "has no checkpoint yet" in err
+    assert not (run / "checkpoint.pt").exists() and not (run / "masker.safetensors").exists()
+    # the failed run's metrics log is closed (its TensorBoard writer thread ends)
+    assert not [t for t in threading.enumerate() if "Writer" in type(t).__name__]
+    calls.clear()  # checked every N steps too: caught right after step 2
+    assert train(run, *ONE_EPOCH, "train.epochs=2", "train.finite_every=1") == 2
+    assert "masker after step 2" in capsys.readouterr().err
+    assert not (run / "summary.json").exists()
+
+
+# ----------------------------------------------------------------------------- 6. validation
+
+
+@pytest.mark.parametrize("bad", [
+    "train.knn_bank=0", "train.eval_batch_size=0", "train.threads=-1", "optim.lr=.inf",
+    "optim.mask_lr=.nan", "objective.pred_hidden=8",  # SimCLR has no predictor
+    "model.backbone=vit_tiny",  # with model.width=4: the ViT has no width option
+])
+def test_6_every_bad_value_fails_before_the_run_directory_exists(tmp_path, capsys, bad):
+    key = bad.partition("=")[0]
+    assert train(tmp_path / "run", *ONE_EPOCH, bad) == 2
+    err = capsys.readouterr().err
+    assert err.count("adios: error:") == 1 and (key in err or "width" in err)
+    assert not (tmp_path / "run").exists()  # the corrected rerun needs no --overwrite
+
+
+# ----------------------------------------------------------------------------- 8. interrupts
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_8_interrupts_say_which_checkpoint_is_intact_and_rerun_without_overwrite(
+        tmp_path, monkeypatch, capsys, signum):
+    step = adios.engine.train_step
+    calls, stop_at = [], [1]
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == stop_at[0]:
+            os.kill(os.getpid(), signum)  # SIGINT raises KeyboardInterrupt; SIGTERM the same
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(adios.engine, "train_step", interrupted)
+    run, code = tmp_path / "run", 130 if signum == signal.SIGINT else 143
+    args = [*TINY, "train.epochs=2"]
+    assert train(run, *args) == code  # during the first step: no checkpoint yet
+    err = capsys.readouterr().err
+    assert f"{run} has no checkpoint yet: the same command, or adios train --resume" in err
+    assert "no --overwrite needed" in err and "is intact" not in err
+    calls.clear()
+    stop_at[0] = 3  # the first step of epoch 2: the same command restarts it
+    assert train(run, *args) == code
+    err = capsys.readouterr().err
+    assert "restarting" in err and f"{run / 'checkpoint.pt'} (epoch 1) is intact" in err
+    calls.clear()
+    stop_at[0] = 0
+    assert main(["train", "--resume", str(run)]) == 0
+    assert load(run / "checkpoint.pt")["epoch"] == 2
+
+
+def test_8_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(tmp_path):
+    run = tmp_path / "run"
+    assert train(run, *ONE_EPOCH) == 0
+    (run / "checkpoint.pt").unlink()  # what a kill during epoch 1 leaves: config.yaml, marker
+    (run / "summary.json").unlink()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert load(run / "checkpoint.pt")["epoch"] == 1 and (run / "summary.json").is_file()
+
+
+# ----------------------------------------------------------------------------- 9. batch size
+
+
+def test_9_a_batch_larger_than_the_dataset_is_an_error(tmp_path, capsys):
+    assert train(tmp_path / "run", *ONE_EPOCH, "optim.batch_size=64") == 2
+    err = capsys.readouterr().err
+    assert "optim.batch_size: 64 is more than the 32 training images" in err
+    assert not (tmp_path / "run").exists()
