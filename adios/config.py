@@ -48,6 +48,10 @@ class DataConfig:
     bad_files: Literal["error", "skip"] = "error"  # folder: undecodable images stop the run
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    # folder: null = every image resized (shorter side) to image_size and centre-cropped; an int
+    # = the whole image kept, longer side resized to load_size (zero-padded to a square), and the
+    # training crops drawn from it as the reference does (docs/fidelity.md: memory and start-up)
+    load_size: int | None = None
     scenes: SceneConfig = field(default_factory=SceneConfig)
 
     def __post_init__(self) -> None:
@@ -63,6 +67,10 @@ class DataConfig:
         _check(self.memory_limit_mb >= 0, "memory_limit_mb", "must be >= 0")
         _check(self.workers is None or self.workers >= 0, "workers", "must be >= 0")
         _check(all(s > 0 for s in self.std), "std", "must be positive")
+        _check(self.load_size is None or self.name == "folder", "load_size",
+               "applies to data.name=folder only (the other readers keep the whole image)")
+        _check(self.load_size is None or self.load_size >= self.image_size, "load_size",
+               "must be at least data.image_size")
         # the scenes follow data.image_size; a different data.scenes.image_size is a conflict
         if self.name == "shapes" and self.scenes.image_size != self.image_size:
             _check(self.scenes.image_size == SceneConfig().image_size, "scenes.image_size",
@@ -80,7 +88,9 @@ class AugmentConfig:
 class ModelConfig:
     backbone: Literal["resnet18", "vit_tiny", "vit_small"] = "resnet18"
     width: int = 64
-    stem: Literal["auto", "cifar", "imagenet"] = "auto"
+    # cifar-reference: the reference code's 32 px stem, 3x3 conv with padding 2 (34x34 maps) and
+    # PyTorch's default init (docs/fidelity.md); cifar: padding 1, kaiming init
+    stem: Literal["auto", "cifar", "cifar-reference", "imagenet"] = "auto"
 
     def __post_init__(self) -> None:
         _check(self.width >= 1, "width", "must be a positive integer")
@@ -92,11 +102,13 @@ class MaskerConfig:
     fbase: int = 32
     norm: Literal["group", "instance", "none"] = "group"
     blur_sigma: float = 0.0  # px; > 0 smooths the masks (our addition, see OcclusionModel)
+    num_blocks: int | None = None  # U-Net depth; null: log2(image_size) - 1
     token_dim: int = 64  # token-adios: width of the one-block token masker (TokenMasker)
     token_heads: int = 4
 
     def __post_init__(self) -> None:
         _check(self.n_masks >= 2, "n_masks", "must be at least 2")
+        _check(self.num_blocks is None or self.num_blocks >= 2, "num_blocks", "must be >= 2")
         _check(self.blur_sigma >= 0, "blur_sigma", "must be >= 0")
         _check(self.fbase >= 8 and self.fbase % 8 == 0, "fbase", "must be a multiple of 8")
         _check(self.token_heads >= 1 and self.token_dim % self.token_heads == 0, "token_dim",
@@ -134,6 +146,17 @@ class MaskingConfig:
     mode: Literal["adios", "adios-s", "none", "mae", "beit", "rectangles", "oracle",
                   "token-random", "token-adios"] = "adios"
     alpha_sparsity: float = 1.0
+    # masker objective + alpha_entropy * sum over the batch of sum_n softmax(s)_n log softmax(s)_n
+    # (s: an image's mask sizes); > 0 makes mask sizes less equal (the reference's alpha_entropy)
+    alpha_entropy: float = 0.0
+    # adios-s: draw the mask index again for the masker step (the reference); false: one draw
+    independent_draws: bool = False
+    # SimSiam + ADIOS, per mask the mean of -cos terms: always (p_a~, z_b) and (p_b~, z_a) (~ =
+    # masked), plus (p_b, z_a~), (p_a, z_b~) [symmetry], (p_a, z_b), (p_b, z_a) [no mask],
+    # (p_a~, z_b~), (p_b~, z_a~) [both masked]: the reference's use_*_mask flags
+    use_symmetry_mask: bool = True
+    use_no_mask: bool = True
+    use_both_mask: bool = True
     # fast: exact, the unmasked view encoded once and the N masked copies in one batched pass;
     # reference: the straightforward schedule (same updates, for tests and benchmarks);
     # single-pass: both players step on one forward/backward (gradient reversal; README)
@@ -152,6 +175,7 @@ class MaskingConfig:
         _check(0 < self.keep_ratio < 1, "keep_ratio", "must be in (0, 1)")
         _check(self.token_diversity >= 0, "token_diversity", "must be >= 0")
         _check(self.alpha_sparsity >= 0, "alpha_sparsity", "must be >= 0")
+        _check(self.alpha_entropy >= 0, "alpha_entropy", "must be >= 0")
         _check(self.ratio is None or 0 < self.ratio < 1, "ratio", "must be in (0, 1)")
         _check(self.patch_size is None or self.patch_size >= 1, "patch_size", "must be >= 1")
         _check(self.min_block_area is None or self.min_block_area >= 1, "min_block_area",
@@ -168,13 +192,29 @@ class OptimConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     eta: float = 0.02
+    # LARS clip mode (the reference's default): the step is min(r, lr) * (g + wd w), not
+    # lr * r * (g + wd w), r the trust ratio (adios/optim.py)
+    lars_clip: bool = False
     warmup_epochs: float = 10.0
+    warmup_start_lr: float = 0.0  # every group's lr at step 0 (the reference: 0.003)
+    # step: the schedule moves every step; epoch: once per epoch, as the reference's
+    # LinearWarmupCosineAnnealingLR (warm-up reaches the peak at epoch warmup_epochs - 1)
+    schedule_every: Literal["step", "epoch"] = "step"
+    # the encoder's schedule spans epochs - train_mask_epochs (at least 1), the masker's all
+    # epochs (the reference's train_mask_epoch: 0, BYOL 10)
+    train_mask_epochs: int = 0
     mask_warmup_epochs: float | None = None  # None: same as warmup_epochs
     final_lr_fraction: float = 0.0
     mask_name: Literal["lars", "sgd", "adamw"] | None = None  # None: same as `name`
     mask_lr: float = 0.3
-    mask_weight_decay: float = 0.0
+    mask_weight_decay: float | None = 0.0  # null: the encoder's weight_decay (the reference)
     probe_lr: float = 0.1
+    # the online probe's weight under LARS in the encoder's optimiser (the reference); false:
+    # plain momentum SGD
+    probe_lars: bool = False
+    # SimSiam: the predictor keeps its base lr, never warmed up or decayed (the reference and
+    # the SimSiam paper)
+    fixed_predictor_lr: bool = False
     # linear: every learning rate above is per lr_reference_batch images and is multiplied by
     # batch_size / lr_reference_batch (the reference code's rule); none: used as given
     lr_scaling: Literal["none", "linear"] = "none"
@@ -187,7 +227,10 @@ class OptimConfig:
             value = getattr(self, key)
             _check(value > 0 and math.isfinite(value), key, "must be positive and finite")
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        _check(self.mask_weight_decay >= 0, "mask_weight_decay", "must be >= 0")
+        _check(self.mask_weight_decay is None or self.mask_weight_decay >= 0,
+               "mask_weight_decay", "must be >= 0")
+        _check(self.warmup_start_lr >= 0, "warmup_start_lr", "must be >= 0")
+        _check(self.train_mask_epochs >= 0, "train_mask_epochs", "must be >= 0")
         _check(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         _check(self.eta > 0, "eta", "must be positive")
         _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
@@ -217,6 +260,11 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory layout for the backbone, the masker and the views
     compile: bool = False  # torch.compile the backbone (slow to start; pays off on long runs)
     sync_bn: bool = False  # torchrun: batch-norm statistics over all processes' batches
+    # what the encoder's batch-norm running statistics (used by kNN / linear evaluation) track:
+    # mixed = every encoder-step pass, masked and unmasked (the reference); unmasked = only the
+    # unmasked views, what evaluation sees
+    bn_stats: Literal["mixed", "unmasked"] = "mixed"
+    probe_views: Literal["a", "both"] = "a"  # both: mean of the two views' CEs (the reference)
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", "must be at least 1")

@@ -116,6 +116,7 @@ class SceneConfig:
     max_occlusion: float = 0.5  # most of an object's area that later objects may cover
     background_contrast: float = 1.0  # 0 = flat backgrounds, 1 = full-strength textures
     background_class_correlation: float = 0.0  # prob. that the label picks the background
+    balanced_labels: bool = True  # the label's shape drawn uniformly (False: the older scenes)
 
     def __post_init__(self) -> None:
         # YAML gives lists; tuples keep the config hashable and comparable
@@ -189,3 +190,9 @@ class SceneConfig:
         ):
             value = getattr(self, name)
             _require(_is_real(value) and 0 <= value <= 1, name, value, "must be in [0, 1]")
+        _require(
+            isinstance(self.balanced_labels, bool),
+            "balanced_labels",
+            self.balanced_labels,
+            "must be true or false",
+        )

@@ -211,6 +211,7 @@ class ShardedBatches:
 
     def __init__(self, source: Any, env: DistEnv) -> None:
         self.source, self.env = source, env
+        self.has_extents = getattr(source, "has_extents", False)  # whole images' extents
 
     def __len__(self) -> int:
         return len(self.source)

@@ -32,7 +32,14 @@ from adios.data.augment import TwoViewAugment
 from adios.data.datasets import Dataset, Split, load_dataset, to_device, training_batches
 from adios.distributed import DistEnv, Replicas, process_generator, shard
 from adios.errors import ConfigError, NonFiniteError
-from adios.masking.adios import frozen, mask_sizes, penalty_term, reverse_gradient, siamese_loss
+from adios.masking.adios import (
+    frozen,
+    mask_sizes,
+    penalty_term,
+    reverse_gradient,
+    siamese_loss,
+    size_entropy_term,
+)
 from adios.masking.schemes import LEARNED, MaskScheme, fixed_scheme, views_with_objects
 from adios.masking.tokens import (
     TOKEN_MODES,
@@ -44,7 +51,7 @@ from adios.masking.tokens import (
 from adios.models import build_backbone, build_masker
 from adios.objectives import build_objective
 from adios.objectives.base import SiameseObjective
-from adios.optim import apply_schedule, build_optimizer, param_groups
+from adios.optim import apply_epoch_schedule, apply_schedule, build_optimizer, param_groups
 from adios.perf import (
     autocast,
     backward,
@@ -98,6 +105,9 @@ def _build_models(cfg: Config, num_classes: int | None, device: torch.device) ->
     if cfg.objective.name == "byol":
         kwargs.update(base_momentum=cfg.objective.base_momentum,
                       final_momentum=cfg.objective.final_momentum)
+    if cfg.objective.name == "simsiam":  # the SimSiam + ADIOS loss terms (masking.use_*)
+        kwargs.update({flag: getattr(cfg.masking, flag)
+                       for flag in ("use_symmetry_mask", "use_no_mask", "use_both_mask")})
     for key in ("proj_hidden", "proj_out", "pred_hidden"):
         value = getattr(cfg.objective, key)
         if value is not None:
@@ -121,18 +131,29 @@ def build_optimizers(cfg: Config, models: Models) -> tuple[torch.optim.Optimizer
     # optim.lr_scaling=linear: rates are per lr_reference_batch images of the global batch
     scale = o.batch_size / o.lr_reference_batch if o.lr_scaling == "linear" else 1.0
     lr, mask_lr = o.lr * scale, o.mask_lr * scale
-    groups = param_groups([models.objective], weight_decay=o.weight_decay, lr=lr)
-    if models.probe is not None:
+    predictor = getattr(models.objective, "predictor", None) if o.fixed_predictor_lr else None
+    if predictor is None:
+        groups = param_groups([models.objective], weight_decay=o.weight_decay, lr=lr)
+    else:  # optim.fixed_predictor_lr: the predictor's groups keep their base lr
+        held = {id(p) for p in predictor.parameters()}
+        rest = [(n, p) for n, p in models.objective.named_parameters() if id(p) not in held]
+        groups = param_groups(rest, weight_decay=o.weight_decay, lr=lr) + [
+            {**g, "fixed_lr": True}
+            for g in param_groups(predictor, weight_decay=o.weight_decay, lr=lr)]
+    if models.probe is not None and o.probe_lars:  # its weight under LARS, no weight decay
+        groups += param_groups(models.probe, weight_decay=0.0, lr=o.probe_lr * scale)
+    elif models.probe is not None:
         groups.append({"params": list(models.probe.parameters()), "lr": o.probe_lr * scale,
                        "weight_decay": 0.0, "lars_exclude": True})
     encoder_opt = build_optimizer(o.name, groups, lr=lr, weight_decay=o.weight_decay,
-                                  momentum=o.momentum, eta=o.eta)
+                                  momentum=o.momentum, eta=o.eta, clip_lars=o.lars_clip)
     masker_opt = None
     if models.masker is not None:
-        mgroups = param_groups([models.masker], weight_decay=o.mask_weight_decay, lr=mask_lr)
+        mask_wd = o.weight_decay if o.mask_weight_decay is None else o.mask_weight_decay
+        mgroups = param_groups([models.masker], weight_decay=mask_wd, lr=mask_lr)
         masker_opt = build_optimizer(o.mask_name or o.name, mgroups, lr=mask_lr,
-                                     weight_decay=o.mask_weight_decay, momentum=o.momentum,
-                                     eta=o.eta)
+                                     weight_decay=mask_wd, momentum=o.momentum, eta=o.eta,
+                                     clip_lars=o.lars_clip)
     for opt in (encoder_opt, masker_opt):
         for group in opt.param_groups if opt is not None else []:
             group["base_lr"] = group["lr"]
@@ -170,10 +191,16 @@ def draw_masks(cfg: Config, models: Models, a: Tensor, b: Tensor, generator: tor
     with amp:
         drawn = DrawnMasks(mask(b), mask(a) if both else None)
     if cfg.masking.mode == "adios-s":
-        n_masks = drawn.b.shape[1]
-        drawn.index_b = torch.randint(n_masks, (b.shape[0],), generator=generator).to(b.device)
-        drawn.index_a = torch.randint(n_masks, (a.shape[0],), generator=generator).to(a.device)
+        draw_indices(drawn, generator)
     return drawn
+
+
+def draw_indices(masks: DrawnMasks, generator: torch.Generator) -> None:
+    """ADIOS-s: a mask index per image of each view, from the step's generator."""
+    n_masks, device = masks.b.shape[1], masks.b.device
+    masks.index_b = torch.randint(n_masks, (masks.b.shape[0],), generator=generator).to(device)
+    batch_a = masks.a.shape[0] if masks.a is not None else masks.b.shape[0]
+    masks.index_a = torch.randint(n_masks, (batch_a,), generator=generator).to(device)
 
 
 def _masker(models: Models) -> Callable[[Tensor], Tensor]:
@@ -193,6 +220,14 @@ def _penalty(masks: DrawnMasks) -> Tensor:
     return penalty_term(masks.b) + (penalty_term(masks.a) if masks.a is not None else 0.0)
 
 
+def _entropy(cfg: Config, masks: DrawnMasks) -> Tensor | float:
+    """``masking.alpha_entropy`` times the mask-size entropy term (0 when the weight is 0)."""
+    if cfg.masking.alpha_entropy == 0:
+        return 0.0
+    views = [masks.b] if masks.a is None else [masks.b, masks.a]
+    return cfg.masking.alpha_entropy * size_entropy_term(*views)
+
+
 def _encoder_loss(cfg: Config, models: Models, a: Tensor, b: Tensor, labels: Tensor | None,
                   masks: DrawnMasks, seen: Callable[[Tensor | None], Tensor | None],
                   schedule: str) -> tuple[Tensor, dict[str, float]]:
@@ -200,17 +235,25 @@ def _encoder_loss(cfg: Config, models: Models, a: Tensor, b: Tensor, labels: Ten
     passed through ``seen`` (detached, or gradient-reversed for the single pass)."""
     objective, replicas = models.objective, models.replicas
     encode = replicas.encoder if replicas else objective.forward_views
+    masked_stats = cfg.train.bn_stats == "mixed"
     if masks.fixed:  # one fixed mask per image hides its pixels; the views go in occluded
         loss, out_a = siamese_loss(objective, _occlude(a, masks.a), _occlude(b, masks.b), None,
-                                   "none", encode=encode)
+                                   "none", encode=encode, masked_stats=masked_stats,
+                                   occluded=(masks.a is not None, True))
     else:
         loss, out_a = siamese_loss(objective, a, b, seen(masks.b), cfg.masking.mode,
                                    masks_a=seen(masks.a), index_b=masks.index_b,
-                                   index_a=masks.index_a, schedule=schedule, encode=encode)
+                                   index_a=masks.index_a, schedule=schedule, encode=encode,
+                                   masked_stats=masked_stats)
     stats = {"loss": loss.item()}
     if masks.fixed:
         stats["mask_sizes"] = mask_sizes(masks.b).mean(0).tolist()
-    return loss + _probe_loss(models, out_a["h"], labels, stats), stats
+    features, targets = out_a["h"], labels
+    if cfg.train.probe_views == "both" and models.probe is not None and labels is not None:
+        with torch.no_grad():  # both views re-encoded unmasked, as the reference; one probe
+            features = torch.cat([models.backbone(view) for view in (a, b)])  # call: mean CE
+        targets = labels.repeat(2)
+    return loss + _probe_loss(models, features, targets, stats), stats
 
 
 def _probe_loss(models: Models, features: Tensor, labels: Tensor | None,
@@ -259,10 +302,12 @@ def masker_step(cfg: Config, models: Models, masker_opt: torch.optim.Optimizer, 
                                        masks_a=masks.a, index_b=masks.index_b,
                                        index_a=masks.index_a, schedule=schedule)
         penalty = _penalty(masks)
+        entropy = _entropy(cfg, masks)
     masker_opt.zero_grad(set_to_none=True)
-    backward(-(adv_loss - cfg.masking.alpha_sparsity * penalty), scaler)
+    backward(-(adv_loss - cfg.masking.alpha_sparsity * penalty + entropy), scaler)
     optimizer_step(masker_opt, scaler)
     return {"adv_loss": adv_loss.item(), "penalty": float(penalty.detach()),
+            "entropy_term": float(entropy.detach() if isinstance(entropy, Tensor) else entropy),
             "mask_sizes": mask_sizes(masks.b.detach().float()).mean(0).tolist()}
 
 
@@ -275,7 +320,8 @@ def single_pass_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optim
     with amp:
         total, stats = _encoder_loss(cfg, models, a, b, labels, masks, reverse_gradient, "fast")
         penalty = _penalty(masks)
-        total = total + cfg.masking.alpha_sparsity * penalty
+        entropy = _entropy(cfg, masks)  # the masker maximises it: minimised here with a minus
+        total = total + cfg.masking.alpha_sparsity * penalty - entropy
     encoder_opt.zero_grad(set_to_none=True)
     if masker_opt is not None:
         masker_opt.zero_grad(set_to_none=True)
@@ -284,6 +330,7 @@ def single_pass_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optim
     if masker_opt is not None:
         optimizer_step(masker_opt, scaler)
     stats.update(adv_loss=stats["loss"], penalty=float(penalty.detach()),
+                 entropy_term=float(entropy.detach() if isinstance(entropy, Tensor) else entropy),
                  mask_sizes=mask_sizes(masks.b.detach().float()).mean(0).tolist())
     return stats
 
@@ -324,6 +371,8 @@ def train_step(
     else:
         stats = encoder_step(cfg, models, encoder_opt, a, b, labels, masks, amp, scaler)
         if models.masker is not None and masker_opt is not None:
+            if cfg.masking.mode == "adios-s" and cfg.masking.independent_draws:
+                draw_indices(masks, generator)  # the masker step's own draw, as the reference
             stats.update(masker_step(cfg, models, masker_opt, a, b, masks, amp, scaler))
     if scaler is not None:
         scaler.update()
@@ -431,10 +480,7 @@ class Trainer:
     def step(self, a: Tensor, b: Tensor, labels: Tensor | None, draws: torch.Generator,
              step: int, objects: tuple[Tensor, Tensor] | None = None) -> dict[str, Any]:
         """Step ``step`` of the run on a pair of views: schedules, the game, BYOL's EMA."""
-        final = self.cfg.optim.final_lr_fraction
-        apply_schedule(self.encoder_opt, step, self.total_steps, self.warmup_steps, final)
-        if self.masker_opt is not None:
-            apply_schedule(self.masker_opt, step, self.total_steps, self.mask_warmup_steps, final)
+        self.schedule(step)
         stats = train_step(self.cfg, self.models, self.encoder_opt, self.masker_opt, a, b,
                            labels, draws, objects, scaler=self.scaler)
         self.models.objective.after_encoder_step(step, self.total_steps)
@@ -443,6 +489,24 @@ class Trainer:
             raise NonFiniteError(f"training diverged: non-finite loss at step {step} ({shown}); "
                                  f"lower the learning rates (optim.lr, optim.mask_lr)")
         return stats
+
+    def schedule(self, step: int) -> None:
+        """Both optimisers' learning rates for ``step``: warm-up + cosine, moved every step or
+        once per epoch (``optim.schedule_every``); the encoder's cosine spans
+        ``epochs - optim.train_mask_epochs`` epochs, the masker's all of them."""
+        o, epochs = self.cfg.optim, self.cfg.train.epochs
+        encoder_epochs = max(1, epochs - o.train_mask_epochs)
+        opts = [(self.encoder_opt, encoder_epochs, o.warmup_epochs, self.warmup_steps)]
+        if self.masker_opt is not None:
+            mask_warmup = o.warmup_epochs if o.mask_warmup_epochs is None else o.mask_warmup_epochs
+            opts.append((self.masker_opt, epochs, mask_warmup, self.mask_warmup_steps))
+        for opt, span, warmup_epochs, warmup_steps in opts:
+            if o.schedule_every == "epoch":
+                apply_epoch_schedule(opt, step // self.steps_per_epoch, span, round(warmup_epochs),
+                                     o.final_lr_fraction, o.warmup_start_lr)
+            else:
+                apply_schedule(opt, step, span * self.steps_per_epoch, warmup_steps,
+                               o.final_lr_fraction, warmup_start_lr=o.warmup_start_lr)
 
 
 def build_trainer(cfg: Config, num_classes: int | None, device: torch.device,
@@ -510,16 +574,18 @@ def setup(cfg: Config, device: torch.device | None = None, env: DistEnv | None =
 
 def views(s: Setup, images: Tensor, instances: list[Tensor], draws: torch.Generator
           ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
-    """A raw batch's two views (and, for the oracle, their object layers)."""
+    """A raw batch's two views (and, for the oracle, their object layers). A whole-image
+    source (``data.load_size``) ends each batch with the images' extents instead."""
     if s.needs_objects:
         return views_with_objects(s.augment, images, instances[0], draws)
-    a, b = s.augment(images, draws)
+    extents = instances[-1] if getattr(s.batches, "has_extents", False) else None
+    a, b = s.augment(images, draws, extents)
     return a, b, None
 
 
 def iteration(s: Setup, batch: tuple[Tensor, ...], step: int,
               draws: torch.Generator) -> dict[str, Any]:
-    """One full training iteration from a raw batch (images, labels[, instances])."""
+    """One full training iteration from a raw batch (images, labels[, instances | extents])."""
     images, labels, *instances = batch
     a, b, objects = views(s, images, instances, draws)
     return s.trainer.step(a, b, labels, draws, step, objects)

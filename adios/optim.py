@@ -2,7 +2,8 @@
 
 The training loop keeps each group's peak learning rate in ``group["base_lr"]`` (set by
 :func:`param_groups` / :func:`build_optimizer`) and calls :func:`apply_schedule` once per step, so
-groups with different peak rates (encoder, masker, probe) follow the same schedule shape.
+groups with different peak rates (encoder, masker, probe) follow the same schedule shape. A group
+with ``fixed_lr=True`` keeps its ``base_lr`` (SimSiam's predictor in the reference).
 """
 
 import math
@@ -172,6 +173,25 @@ def warmup_cosine(
     return final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def epoch_warmup_cosine(
+    epoch: int,
+    epochs: int,
+    warmup_epochs: int,
+    base: float,
+    final: float = 0.0,
+    warmup_start: float = 0.0,
+) -> float:
+    """Learning rate during ``epoch`` under a schedule stepped once per epoch, the reference's
+    (pl_bolts ``LinearWarmupCosineAnnealingLR``): linear from ``warmup_start`` (absolute) at epoch
+    0 to ``base`` at epoch ``warmup_epochs - 1``, then half a cosine from ``base`` at epoch
+    ``warmup_epochs`` towards ``final`` at epoch ``epochs``. Like the reference it does not clamp:
+    an epoch past ``epochs`` (the encoder's shorter horizon) continues the cosine."""
+    if epoch < warmup_epochs:
+        return warmup_start + epoch * (base - warmup_start) / max(1, warmup_epochs - 1)
+    span = max(1, epochs - warmup_epochs)
+    return final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / span))
+
+
 def set_lr(optimizer: Optimizer, lr_per_group: float | Sequence[float]) -> None:
     """Set every group's learning rate, to one value or to one value per group."""
     if isinstance(lr_per_group, int | float):
@@ -191,18 +211,35 @@ def apply_schedule(
     warmup_steps: int,
     final_fraction: float = 0.0,
     warmup_start: float = 0.0,
+    warmup_start_lr: float | None = None,
 ) -> list[float]:
     """Set each group's lr from its ``base_lr`` by :func:`warmup_cosine` (final lr =
-    ``final_fraction * base_lr``); returns the rates set, for logging."""
+    ``final_fraction * base_lr``); returns the rates set, for logging. The warm-up starts at
+    ``warmup_start * base_lr``, or at ``warmup_start_lr`` (absolute, the same for every group)."""
+    lrs = []
+    for group in optimizer.param_groups:
+        base = group["base_lr"]
+        start = warmup_start if warmup_start_lr is None else warmup_start_lr / base
+        lrs.append(base if group.get("fixed_lr") else
+                   warmup_cosine(step, total_steps, warmup_steps, base,
+                                 final=final_fraction * base, warmup_start=start))
+    set_lr(optimizer, lrs)
+    return lrs
+
+
+def apply_epoch_schedule(
+    optimizer: Optimizer,
+    epoch: int,
+    epochs: int,
+    warmup_epochs: int,
+    final_fraction: float = 0.0,
+    warmup_start_lr: float = 0.0,
+) -> list[float]:
+    """:func:`epoch_warmup_cosine` for every group from its ``base_lr``; returns the rates."""
     lrs = [
-        warmup_cosine(
-            step,
-            total_steps,
-            warmup_steps,
-            group["base_lr"],
-            final=final_fraction * group["base_lr"],
-            warmup_start=warmup_start,
-        )
+        group["base_lr"] if group.get("fixed_lr") else
+        epoch_warmup_cosine(epoch, epochs, warmup_epochs, group["base_lr"],
+                            final=final_fraction * group["base_lr"], warmup_start=warmup_start_lr)
         for group in optimizer.param_groups
     ]
     set_lr(optimizer, lrs)

@@ -34,8 +34,9 @@ from adios.engine import (
 )
 from adios.errors import ConfigError, RunDirError
 from adios.evaluation.features import extract_features, predict_masks
-from adios.evaluation.knn import knn_accuracy
+from adios.evaluation.knn import knn_predict
 from adios.evaluation.mask_metrics import mask_quality
+from adios.evaluation.scores import balanced_accuracy, majority_rate
 from adios.masking.adios import mask_confidence, mask_sizes
 from adios.masking.blobs import random_blob_masks
 from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
@@ -50,11 +51,20 @@ CONFIDENCE_IMAGES = 128  # validation images whose mask confidence is logged eve
 
 def knn_eval(cfg: Config, backbone: nn.Module, bank: Split, query: Split, num_classes: int,
              dataset: Dataset, device: torch.device) -> float:
+    return knn_scores(cfg, backbone, bank, query, num_classes, dataset, device)["top1"]
+
+
+def knn_scores(cfg: Config, backbone: nn.Module, bank: Split, query: Split, num_classes: int,
+               dataset: Dataset, device: torch.device) -> dict[str, float]:
+    """Top-1 and balanced accuracy of the monitor's kNN (train.knn_k, train.knn_temperature)."""
     extract = lambda images: extract_features(  # noqa: E731
         backbone, images, dataset.mean, dataset.std, device, cfg.train.eval_batch_size)
-    return knn_accuracy(extract(bank.images), bank.labels.cpu(), extract(query.images),
-                        query.labels.cpu(), num_classes, k=cfg.train.knn_k,
-                        temperature=cfg.train.knn_temperature)
+    predictions = knn_predict(extract(bank.images), bank.labels.cpu(), extract(query.images),
+                              num_classes, k=cfg.train.knn_k,
+                              temperature=cfg.train.knn_temperature).argmax(1).cpu()
+    labels = query.labels.cpu()
+    return {"top1": (predictions == labels).double().mean().item(),
+            "balanced_accuracy": balanced_accuracy(predictions, labels, num_classes)}
 
 
 def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
@@ -97,6 +107,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     elif main:
         run.write_config(cfg)
     start_epoch = 0
+    train_s, images_seen = 0.0, 0  # step-loop seconds and images over all epochs: the curves' x
     if checkpoint is not None:
         source = str(run_dir / CHECKPOINT)
         load_state(models.objective, checkpoint["objective"], source)
@@ -108,6 +119,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         load_optimizer_state(encoder_opt, checkpoint["encoder_opt"], source)
         init = checkpoint["init"]
         start_epoch = checkpoint["epoch"]
+        train_s, images_seen = checkpoint.get("train_s", 0.0), checkpoint.get("images_seen", 0)
         say(f"resuming {run_dir} after epoch {start_epoch}")
     if scaler is not None and checkpoint is not None and "scaler" in checkpoint:
         scaler.load_state_dict(checkpoint["scaler"])
@@ -120,7 +132,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if start_epoch == 0 and labelled and main:
         knn0 = knn_eval(cfg, models.backbone, bank, s.val_split, dataset.num_classes, dataset,
                         device)
-        log.write({"epoch": 0, "step": 0, "knn_acc": knn0,
+        log.write({"epoch": 0, "step": 0, "images_seen": 0, "train_s": 0.0, "knn_acc": knn0,
+                   "val_majority_rate": majority_rate(s.train_split.labels, s.val_split.labels),
                    **_confidence(cfg, models, dataset, device)})
 
     # ---- the game
@@ -129,9 +142,10 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         bar = tqdm(epoch_batches(s, epoch), total=steps_per_epoch, leave=False,
                    desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not (cfg.train.progress and main), dynamic_ncols=True)
-        tick = time.perf_counter()
+        tick = epoch_start = time.perf_counter()
         for i, (step, batch, draws) in enumerate(bar):
             stats = iteration(s, batch, step, draws)
+            images_seen += batch[0].shape[0] * env.world_size
             if (step + 1) % cfg.train.finite_every == 0:  # and before every save
                 run.check_finite({"encoder": models.objective, "masker": models.masker}, step + 1)
             stats["images_per_s"] = (batch[0].shape[0] * env.world_size
@@ -144,7 +158,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
 
         # ---- end of epoch: monitor, picture, checkpoint (atomically)
         done = epoch + 1
+        train_s += time.perf_counter() - epoch_start
         row: dict[str, Any] = {"epoch": done, "step": done * steps_per_epoch,
+                               "images_seen": images_seen, "train_s": train_s,
                                "elapsed_s": time.time() - started,
                                "peak_mem_mb": peak_memory_mb(device)}
         if labelled and main and _due(cfg.train.knn_every, done, cfg.train.epochs):
@@ -165,7 +181,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         say(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
         state = {"epoch": done, "objective": models.objective.state_dict(),
                  "encoder_opt": encoder_opt.state_dict(), "init": init,
-                 "config": to_dict(cfg)}
+                 "config": to_dict(cfg), "train_s": train_s, "images_seen": images_seen}
         if models.masker is not None:
             state.update(masker=models.masker.state_dict(), masker_opt=masker_opt.state_dict())
         if models.probe is not None:
@@ -205,8 +221,12 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
     summary: dict[str, Any] = {}
     if test.labels is not None:
         bank = knn_bank(dataset.train, cfg.train.knn_bank)
-        summary["knn_acc"] = knn_eval(cfg, models.backbone, bank, test, dataset.num_classes,
-                                      dataset, device)
+        scores = knn_scores(cfg, models.backbone, bank, test, dataset.num_classes, dataset,
+                            device)
+        summary["knn_acc"] = scores["top1"]
+        summary["knn_balanced_acc"] = scores["balanced_accuracy"]
+        # what always answering the most frequent training class scores on test
+        summary["majority_rate"] = majority_rate(dataset.train.labels, test.labels)
         untrained = copy.deepcopy(models.backbone)
         untrained.load_state_dict(init["backbone"])
         summary["knn_acc_random_init"] = knn_eval(cfg, untrained, bank, test,

@@ -164,3 +164,56 @@ def test_cli_dry_run_lists_cell_states(tmp_path, capsys):
     assert len(lines) == 4 and all(line.startswith("start") for line in lines)
     assert main(["compare", str(path), "seed=3"]) == 2
     assert "seed is set by the grid" in capsys.readouterr().err
+
+
+def test_curves_continue_without_gaps_or_duplicates_after_an_interrupted_cell(tmp_path):
+    from adios.compare.curves import curve_problems, read_curve
+
+    overrides = {k: v for k, v in TINY.items() if k != "train.knn_every"}
+    document = grid_document(
+        schemes=["none"],
+        seeds=[0],
+        budget={"epochs": 5},
+        overrides=overrides,
+        curve_every=2,
+        evaluations=["knn", "linear", "robustness"],
+    )
+    grid = parse_grid(document, "g.yaml", tmp_path / "grid")
+    (cell,) = cells(grid)
+    cfg = cell_config(grid, cell, 5)
+    assert cfg.train.knn_every == 2
+    uninterrupted = cell_config(grid, cell, 5)
+    uninterrupted.run_dir = str(tmp_path / "reference")
+    reference = train(uninterrupted)
+
+    # interrupted after epoch 3, and killed after writing epoch 4's monitor row but before its
+    # checkpoint: the resumed run must drop that row and write it again, once
+    train(cfg, overwrite=True, stop_after_epoch=3)
+    metrics = cell.run_dir(grid) / "metrics.jsonl"
+    row = {"epoch": 4, "step": 8, "images_seen": 128, "train_s": 1e6, "knn_acc": 0.0}
+    metrics.write_text(metrics.read_text() + json.dumps(row) + "\n")
+    assert run_grid(grid, say=lambda msg: None) == {cell: "resumed"}
+
+    with (cell.run_dir(grid) / "curve.csv").open() as f:
+        curve = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in curve] == [0, 2, 4, 5]
+    assert [int(r["images_seen"]) for r in curve] == [0, 64, 128, 160]  # 32 scenes per epoch
+    assert curve_problems(read_curve(cell.run_dir(grid)), 5, 2) == []
+    # exact resume: the same validation accuracies as the uninterrupted run, point for point
+    expected = [r["knn_val"] for r in read_curve(reference)]
+    assert [float(r["knn_val"]) for r in curve] == pytest.approx(expected)
+    times = [float(r["train_s"]) for r in curve]
+    assert times == sorted(times) and times[-1] < 1e6
+
+    with (tmp_path / "grid" / "curves.csv").open() as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 2, 4, 5]
+    assert (tmp_path / "grid" / "curves.png").stat().st_size > 1000
+    markdown = (tmp_path / "grid" / "results.md").read_text()
+    assert "## Learning curves" in markdown and "Backgrounds test" in markdown
+    backgrounds = json.loads((cell.run_dir(grid) / "eval_robustness.json").read_text())
+    with (tmp_path / "grid" / "cells.csv").open() as f:
+        (cell_row,) = csv.DictReader(f)
+    assert float(cell_row["bg_gap"]) == pytest.approx(backgrounds["linear"]["background_gap"])
+    knn = json.loads((cell.run_dir(grid) / "eval_knn.json").read_text())["test"]["selected"]
+    assert float(cell_row["knn_balanced"]) == pytest.approx(knn["balanced_accuracy"])
+    assert float(cell_row["majority"]) == pytest.approx(knn["majority_rate"])

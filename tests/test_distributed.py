@@ -11,6 +11,7 @@ This file is also the worker: torchrun runs it as a script.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -135,7 +136,11 @@ def two_processes(tmp_path_factory):
         __file__,
         str(out_dir),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # the workers import the checkout under test, not whatever `adios` is installed
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get(
+        "PYTHONPATH")]))}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 

@@ -25,6 +25,7 @@ LAYERS = [
     ["adios.engine"],
     ["adios.train"],
     ["adios.bench", "adios.bench_step", "adios.compare"],  # the commands that train
+    ["adios.reference"],  # the paper presets beside the reference scripts (docs/presets.md)
     ["adios.cli"],
 ]
 

@@ -6,9 +6,11 @@ from torch import nn
 
 from adios.optim import (
     LARS,
+    apply_epoch_schedule,
     apply_schedule,
     build_optimizer,
     cosine_momentum,
+    epoch_warmup_cosine,
     param_groups,
     set_lr,
     warmup_cosine,
@@ -80,6 +82,36 @@ def test_lars_clip_caps_the_effective_rate_at_lr(lr: float) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("clip", "lr", "expected"),
+    [
+        # w = [3, 4], g = [0.6, 0.8], wd = 0.1, eta = 0.02: ||w|| = 5, ||g|| = 1,
+        # r = 0.02 * 5 / (1 + 0.1 * 5) = 1/15, g + wd * w = [0.9, 1.2].
+        (False, 0.5, [3.0 - 0.5 / 15 * 0.9, 4.0 - 0.5 / 15 * 1.2]),  # scale: lr * r * (g + wd w)
+        (True, 0.5, [3.0 - 0.9 / 15, 4.0 - 1.2 / 15]),  # clip, r < lr: r * (g + wd w)
+        (True, 0.01, [3.0 - 0.009, 4.0 - 0.012]),  # clip, lr < r: lr * (g + wd w)
+        (False, 0.01, [3.0 - 0.01 / 15 * 0.9, 4.0 - 0.01 / 15 * 1.2]),
+    ],
+)
+def test_lars_first_step_by_hand(clip: bool, lr: float, expected: list[float]) -> None:
+    """One step from zero momentum: clip mode is min(r, lr) * (g + wd w), scale mode lr * r * ..."""
+    weight = nn.Parameter(torch.tensor([[3.0, 4.0]], dtype=torch.float64))
+    weight.grad = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+    LARS([weight], lr=lr, weight_decay=0.1, eta=0.02, clip=clip).step()
+    torch.testing.assert_close(weight.detach(), torch.tensor([expected], dtype=torch.float64))
+
+
+def test_build_optimizer_passes_clip_mode() -> None:
+    weight = nn.Parameter(torch.tensor([[3.0, 4.0]], dtype=torch.float64))
+    groups = [{"params": [weight], "weight_decay": 0.1, "lars_exclude": False}]
+    optimizer = build_optimizer("lars", groups, lr=0.5, weight_decay=0.1, clip_lars=True)
+    weight.grad = torch.tensor([[0.6, 0.8]], dtype=torch.float64)
+    optimizer.step()
+    torch.testing.assert_close(
+        weight.detach(), torch.tensor([[3.0 - 0.06, 4.0 - 0.08]], dtype=torch.float64)
+    )
+
+
 def test_lars_skips_scaling_for_zero_weights_and_missing_grads() -> None:
     zero = nn.Parameter(torch.zeros(2, 2))
     untouched = nn.Parameter(torch.ones(2, 2))
@@ -142,6 +174,39 @@ def test_warmup_cosine_values() -> None:
     assert warmup_cosine(110, **kwargs) == pytest.approx(0.2)
     assert warmup_cosine(500, **kwargs) == pytest.approx(0.2)
     assert warmup_cosine(0, total_steps=5, warmup_steps=0, base=1.0) == pytest.approx(1.0)
+
+
+def test_epoch_warmup_cosine_follows_the_reference_scheduler() -> None:
+    """pl_bolts' closed form: warm-up over warmup_epochs - 1 intervals, cosine after, no clamp."""
+    kwargs = {"epochs": 10, "warmup_epochs": 3, "base": 1.0, "final": 0.0, "warmup_start": 0.1}
+    assert [epoch_warmup_cosine(e, **kwargs) for e in range(3)] == pytest.approx([0.1, 0.55, 1.0])
+    assert epoch_warmup_cosine(3, **kwargs) == pytest.approx(1.0)
+    assert epoch_warmup_cosine(6.5, **kwargs) == pytest.approx(0.5)  # halfway down
+    assert epoch_warmup_cosine(10, **kwargs) == pytest.approx(0.0, abs=1e-12)
+    # past the horizon the cosine rises again, as the reference's does (encoder horizon
+    # epochs - train_mask_epoch): one epoch past is cos(pi * 8/7)
+    assert epoch_warmup_cosine(11, **kwargs) == pytest.approx(0.5 * (1 + math.cos(math.pi * 8 / 7)))
+
+
+def test_apply_schedule_absolute_warmup_start_is_shared_by_groups() -> None:
+    model = make_model()
+    optimizer = build_optimizer(
+        "lars", param_groups(model, weight_decay=0.0), lr=1.0, weight_decay=0.0
+    )
+    optimizer.param_groups[1]["base_lr"] = 0.1
+    assert apply_schedule(optimizer, 0, 20, 4, warmup_start_lr=0.003) == pytest.approx(
+        [0.003, 0.003]
+    )
+    assert apply_schedule(optimizer, 2, 20, 4, warmup_start_lr=0.003) == pytest.approx(
+        [0.5015, 0.0515]
+    )
+    assert apply_epoch_schedule(optimizer, 1, 10, 3, warmup_start_lr=0.003) == pytest.approx(
+        [0.5015, 0.0515]
+    )
+    optimizer.param_groups[1]["fixed_lr"] = True  # e.g. SimSiam's predictor: never scheduled
+    assert apply_schedule(optimizer, 0, 20, 4, warmup_start_lr=0.003) == pytest.approx([0.003, 0.1])
+    cosine = 0.5 * (1 + math.cos(math.pi * 6 / 7))
+    assert apply_epoch_schedule(optimizer, 9, 10, 3) == pytest.approx([cosine, 0.1])
 
 
 def test_apply_schedule_scales_each_group_by_its_base_lr() -> None:

@@ -2,10 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from knn_reference import brute_force_accuracy
+from knn_reference import brute_force_accuracy, brute_force_scores
 from safetensors.torch import load_file
+from sklearn.metrics import balanced_accuracy_score
 
 from adios.cli import main
 from adios.config import load_config
@@ -70,16 +72,27 @@ def test_cli_run_writes_checkpoint_metrics_pictures_and_summary(tmp_path, capsys
         (state["init"]["backbone"], dataset.test, summary["knn_acc_random_init"]),
     ]:
         assert reported == pytest.approx(brute_force_knn(cfg, weights, bank, split))
+    # beside it: balanced accuracy (scikit-learn) and the majority-class rate (counted)
+    labels = dataset.test.labels.numpy()
+    predictions = brute_force_knn(cfg, encoder, bank, dataset.test, scores=True).argmax(1)
+    balanced = balanced_accuracy_score(labels, predictions)
+    assert summary["knn_balanced_acc"] == pytest.approx(balanced)
+    majority = np.bincount(dataset.train.labels.numpy()).argmax()
+    assert summary["majority_rate"] == pytest.approx(np.mean(labels == majority))
 
 
-def brute_force_knn(cfg, weights, bank, query):
-    """Top-1 of the weighted vote (tests/knn_reference.py) on the features of ``weights``."""
+def brute_force_knn(cfg, weights, bank, query, scores=False):
+    """Top-1 (or the class scores) of the weighted vote (tests/knn_reference.py) on the
+    features of ``weights``."""
     backbone = build_backbone("resnet18", 32, width=4)
     backbone.load_state_dict(weights)
     features = [
         extract_features(backbone, split.images, cfg.data.mean, cfg.data.std, torch.device("cpu"))
         for split in (bank, query)
     ]
+    if scores:
+        return brute_force_scores(features[0], bank.labels, features[1], 8, cfg.train.knn_k,
+                                  cfg.train.knn_temperature)
     return brute_force_accuracy(features[0], bank.labels, features[1], query.labels,
                                 8, cfg.train.knn_k, cfg.train.knn_temperature)
 

@@ -22,11 +22,16 @@ functions), and kept in ``OUTPUT/calibration.json``: cheap schemes get more epoc
 cells compare at equal compute and the learning-rate schedule of each cell still runs to its
 end.
 
-Interrupting is safe: a cell with summary.json and both evaluations is not run again, a cell
-with a checkpoint resumes from it (exactly, see :mod:`adios.train`), a cell with summary.json
-but no evaluation is only evaluated. After every cell the table is rewritten from whatever has
-finished: ``results.md`` and ``results.csv`` (mean +- std over seeds), ``cells.csv`` (every
-cell) and ``results.png`` (bars with std error bars).
+Two more keys: ``curve_every: K`` gives every cell a learning curve (the validation kNN monitor
+every K epochs, :mod:`adios.compare.curves`, docs/curves.md), and ``evaluations: [knn, linear,
+robustness]`` (default ``[knn, linear]``) names the ``adios eval`` runs of every cell.
+
+Interrupting is safe: a cell with summary.json and all its evaluations is not run again, a cell
+with a checkpoint resumes from it (exactly, see :mod:`adios.train`; its curve with it), a cell
+with summary.json but missing evaluations gets only those. After every cell the tables are
+rewritten from whatever has finished: ``results.md`` and ``results.csv`` (mean +- std over
+seeds), ``cells.csv`` (every cell), ``results.png`` (bars with std error bars), and with curves
+``curves.csv``, ``curves.png`` and each cell's ``curve.csv``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from adios.compare.calibrate import (
 )
 from adios.compare.grid import (
     CELL_KEYS,
+    DEFAULT_EVALUATIONS,
+    EVALUATION_FILES,
     GRID_KEYS,
     Cell,
     Grid,
@@ -54,7 +61,6 @@ from adios.compare.grid import (
 )
 from adios.compare.run import FREE_KEYS, cell_state, evaluate_cell, run_cell, run_grid
 from adios.compare.tables import (
-    EVALUATIONS,
     METRICS,
     bar_plot,
     cell_results,
@@ -68,7 +74,8 @@ from adios.config import ConfigError
 __all__ = [
     "CALIBRATION",
     "CELL_KEYS",
-    "EVALUATIONS",
+    "DEFAULT_EVALUATIONS",
+    "EVALUATION_FILES",
     "FREE_KEYS",
     "GRID_KEYS",
     "METRICS",
@@ -106,7 +113,7 @@ def main(args: Any) -> int:
     if args.dry_run:
         for cell in cells(grid):
             cell_config(grid, cell, grid.epochs or 1, extra)
-            print(f"{cell_state(cell.run_dir(grid)):9s} {cell.run_dir(grid)}")
+            print(f"{cell_state(cell.run_dir(grid), grid.evaluations):9s} {cell.run_dir(grid)}")
         return 0
     if args.table_only:
         for path in write_tables(grid):

@@ -24,7 +24,16 @@ GRID_KEYS = (
     "overrides",
     "scheme_overrides",
     "objective_overrides",
+    "curve_every",
+    "evaluations",
 )
+# what a grid's ``evaluations`` may name, and the file each writes in the cell's run directory
+EVALUATION_FILES = {
+    "knn": "eval_knn.json",
+    "linear": "eval_linear_fast.json",
+    "robustness": "eval_robustness.json",
+}
+DEFAULT_EVALUATIONS = ("knn", "linear")
 # set by the grid itself for every cell
 CELL_KEYS = ("preset", "masking.mode", "objective.name", "seed", "train.epochs", "run_dir")
 
@@ -43,6 +52,8 @@ class Grid:
     objective_overrides: dict[str, list[str]] = field(default_factory=dict)
     description: str = ""
     source: str = ""  # the grid file
+    curve_every: int | None = None  # learning curves: train.knn_every of every cell
+    evaluations: list[str] = field(default_factory=lambda: list(DEFAULT_EVALUATIONS))
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,16 @@ def parse_grid(data: Any, source: str = "", output: Path | None = None) -> Grid:
             raise ConfigError(f"{key}: expected a mapping from {', '.join(allowed)} to overrides")
         per[key] = {name: _override_list(v, f"{key}.{name}") for name, v in mapping.items()}
     name = Path(source).stem if source else "grid"
+    curve_every = data.get("curve_every")
+    if curve_every is not None and (
+        not isinstance(curve_every, int) or isinstance(curve_every, bool) or curve_every < 1
+    ):
+        raise ConfigError("curve_every: expected an integer >= 1 (epochs between curve points)")
+    evaluations = data.get("evaluations", list(DEFAULT_EVALUATIONS))
+    evaluations = _names({"evaluations": evaluations}, "evaluations", list(EVALUATION_FILES))
+    overrides = _override_list(data.get("overrides"), "overrides")
+    if curve_every is not None and any(o.startswith("train.knn_every=") for o in overrides):
+        raise ConfigError("overrides: train.knn_every is set by curve_every")
     return Grid(
         output=Path(output or data.get("output") or Path("runs") / "compare" / name),
         presets=presets,
@@ -134,11 +155,13 @@ def parse_grid(data: Any, source: str = "", output: Path | None = None) -> Grid:
         seeds=seeds,
         epochs=epochs,
         minutes=None if minutes is None else float(minutes),
-        overrides=_override_list(data.get("overrides"), "overrides"),
+        overrides=overrides,
         scheme_overrides=per["scheme_overrides"],
         objective_overrides=per["objective_overrides"],
         description=str(data.get("description", "")),
         source=source,
+        curve_every=curve_every,
+        evaluations=evaluations,
     )
 
 
@@ -167,6 +190,7 @@ def cell_config(grid: Grid, cell: Cell, epochs: int, extra: Sequence[str] = ()) 
             *grid.overrides,
             *grid.objective_overrides.get(cell.objective, []),
             *grid.scheme_overrides.get(cell.scheme, []),
+            *([f"train.knn_every={grid.curve_every}"] if grid.curve_every else []),
             f"objective.name={cell.objective}",
             f"masking.mode={cell.scheme}",
             f"seed={cell.seed}",

@@ -12,8 +12,15 @@ from typing import Any
 
 from adios.checkpoint import RunDirError, write_json
 from adios.compare.calibrate import budget_epochs
-from adios.compare.grid import Cell, Grid, cell_config, cells
-from adios.compare.tables import EVALUATIONS, cell_results, machine, write_tables
+from adios.compare.grid import (
+    DEFAULT_EVALUATIONS,
+    EVALUATION_FILES,
+    Cell,
+    Grid,
+    cell_config,
+    cells,
+)
+from adios.compare.tables import cell_results, machine, write_tables
 from adios.config import read_yaml, to_dict
 
 # settings that do not change a cell's result: a rerun may change them
@@ -39,26 +46,36 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def cell_state(run_dir: Path) -> str:
+def cell_state(run_dir: Path, evaluations: Sequence[str] = DEFAULT_EVALUATIONS) -> str:
     """done | failed | evaluate (trained, not evaluated) | resume | start (nothing usable)."""
     if (run_dir / "error.json").is_file():
         return "failed"
     if (run_dir / "summary.json").is_file():
-        done = all((run_dir / name).is_file() for name in EVALUATIONS)
+        done = all((run_dir / EVALUATION_FILES[name]).is_file() for name in evaluations)
         return "done" if done else "evaluate"
     if (run_dir / "checkpoint.pt").is_file():
         return "resume"
     return "start"
 
 
-def evaluate_cell(run_dir: Path) -> None:
-    """kNN and the fast linear probe of ``adios eval`` (written to the cell's eval_*.json)."""
-    from adios.evaluation.commands import load_setup, run_knn, run_linear_fast
+def evaluate_cell(run_dir: Path, evaluations: Sequence[str] = DEFAULT_EVALUATIONS) -> None:
+    """The evaluations of ``adios eval`` the grid names that the cell lacks (eval_*.json):
+    kNN, the fast linear probe, the backgrounds test."""
+    from adios.evaluation.commands import load_setup, run_knn, run_linear_fast, run_robustness
 
-    setup = load_setup([str(run_dir)], command=f"adios eval knn {run_dir}")
-    run_knn(setup)
-    setup.command = f"adios eval linear --fast {run_dir}"
-    run_linear_fast(setup)
+    commands = {
+        "knn": ("knn", run_knn),
+        "linear": ("linear --fast", run_linear_fast),
+        "robustness": ("robustness", run_robustness),
+    }
+    setup = None
+    for name in evaluations:
+        if (run_dir / EVALUATION_FILES[name]).is_file():
+            continue
+        words, run = commands[name]
+        setup = setup or load_setup([str(run_dir)])
+        setup.command = f"adios eval {words} {run_dir}"
+        run(setup)
 
 
 def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], None]) -> str:
@@ -66,7 +83,7 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
     from adios.train import train
 
     run_dir = cell.run_dir(grid)
-    state = cell_state(run_dir)
+    state = cell_state(run_dir, grid.evaluations)
     if state in ("done", "failed"):
         return state
     cfg = cell_config(grid, cell, budget_epochs(grid, cell, extra, say), extra)
@@ -85,7 +102,7 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
             write_json({"error": str(err)}, run_dir / "error.json")
             say(f"  failed: {err}")
             return "failed"
-    evaluate_cell(run_dir)
+    evaluate_cell(run_dir, grid.evaluations)
     return {"start": "trained", "resume": "resumed", "evaluate": "evaluated"}[state]
 
 
@@ -98,12 +115,13 @@ def run_grid(
         cell_config(grid, cell, grid.epochs or 1, extra)
     grid.output.mkdir(parents=True, exist_ok=True)
     _record(grid, extra, command)
-    todo = [c for c in all_cells if cell_state(c.run_dir(grid)) not in ("done", "failed")]
+    states = {c: cell_state(c.run_dir(grid), grid.evaluations) for c in all_cells}
+    todo = [c for c in all_cells if states[c] not in ("done", "failed")]
     say(
         f"{len(all_cells)} cells in {grid.output}: {len(all_cells) - len(todo)} finished, "
         f"{len(todo)} to run"
     )
-    statuses = {c: cell_state(c.run_dir(grid)) for c in all_cells if c not in todo}
+    statuses = {c: states[c] for c in all_cells if c not in todo}
     durations: list[float] = []
     for i, cell in enumerate(todo):
         left = len(todo) - i

@@ -1,34 +1,54 @@
-"""The grid's tables and plot: results.md, results.csv, cells.csv and results.png."""
+"""The grid's tables and plots: results.md, results.csv, cells.csv, results.png, and the
+learning curves (:mod:`adios.compare.curves`): curves.csv and curves.png."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import platform
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from matplotlib.figure import Figure
 
-from adios.compare.grid import Cell, Grid, cells
+from adios.compare.curves import (
+    CURVE_FIELDS,
+    budget_table,
+    collect_curves,
+    curve_plot,
+    references,
+    write_csv,
+)
+from adios.compare.grid import EVALUATION_FILES, Cell, Grid, cells
 from adios.evaluation.figures import save
 from adios.runlog import read_metrics
 
-EVALUATIONS = ("eval_knn.json", "eval_linear_fast.json")
-
 METRICS = (  # key, column title, format: "%" (percent, 1 decimal) or decimals
     ("knn", "kNN test (k, T chosen on val)", "%"),
+    ("knn_balanced", "kNN balanced", "%"),
     ("knn_k20", "kNN test (k=20, T=0.1)", "%"),
     ("linear", "linear test (fast probe)", "%"),
+    ("linear_balanced", "linear balanced", "%"),
+    ("majority", "majority class", "%"),
     ("fg_ari", "mask fg-ARI", 3),
     ("mbo", "mask mBO", 3),
     ("epochs", "epochs", 0),
     ("train_min", "train + summary min", 1),
     ("images_per_s", "img/s (train step)", 0),
+)
+BAR_KEYS = ("knn", "knn_k20", "linear", "fg_ari", "mbo")
+# the backgrounds test (eval_robustness.json): fast linear probe top-1 per variant, the gaps
+ROBUSTNESS_METRICS = (
+    ("bg_original", "original", "%"),
+    ("bg_only_fg", "only-fg", "%"),
+    ("bg_mixed_same", "mixed-same", "%"),
+    ("bg_mixed_rand", "mixed-rand", "%"),
+    ("bg_gap", "gap (same - rand)", "%"),
+    ("bg_gap_knn", "kNN gap", "%"),
 )
 
 
@@ -41,14 +61,18 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
     summary = _read_json(run_dir / "summary.json") or {}
     knn = _read_json(run_dir / "eval_knn.json")
     linear = _read_json(run_dir / "eval_linear_fast.json")
+    backgrounds = _read_json(run_dir / EVALUATION_FILES["robustness"])
     rates = []
     if (run_dir / "metrics.jsonl").is_file():
         rates = [r["images_per_s"] for r in read_metrics(run_dir) if "images_per_s" in r]
     return {
         "knn": knn["test"]["selected"]["top1"] if knn else None,
         "knn_k": knn["selected"]["k"] if knn else None,
+        "knn_balanced": knn["test"]["selected"].get("balanced_accuracy") if knn else None,
         "knn_k20": knn["test"]["k20_t0.1"]["top1"] if knn else None,
         "linear": linear["test"]["top1"] if linear else None,
+        "linear_balanced": linear["test"].get("balanced_accuracy") if linear else None,
+        "majority": knn["test"]["selected"].get("majority_rate") if knn else None,
         "fg_ari": summary.get("mask_fg_ari"),
         "mbo": summary.get("mask_mbo"),
         "fg_ari_random": summary.get("mask_fg_ari_random"),
@@ -60,7 +84,19 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
         "train_min": summary["wall_s"] / 60 if "wall_s" in summary else None,
         "images_per_s": statistics.median(rates) if rates else None,
         "failed": (run_dir / "error.json").is_file(),
+        **_robustness_results(backgrounds),
     }
+
+
+def _robustness_results(result: dict[str, Any] | None) -> dict[str, Any]:
+    linear = (result or {}).get("linear", {})
+    out = {
+        f"bg_{name}": linear[name]["top1"] if name in linear else None
+        for name in ("original", "only_fg", "mixed_same", "mixed_rand")
+    }
+    out["bg_gap"] = linear.get("background_gap")
+    out["bg_gap_knn"] = (result or {}).get("knn", {}).get("background_gap")
+    return out
 
 
 def _stats(values: list[float | None]) -> tuple[float | None, float | None, int]:
@@ -90,7 +126,7 @@ def collect(grid: Grid) -> list[dict[str, Any]]:
                     "failed": sum(r["failed"] for r in results),
                 }
                 done = [r for r in results if r["knn"] is not None]
-                for key in [m[0] for m in METRICS] + [
+                for key in [m[0] for m in METRICS + ROBUSTNESS_METRICS] + [
                     "fg_ari_random",
                     "mbo_random",
                     "knn_random_init",
@@ -109,15 +145,15 @@ def _cell_text(mean: float | None, std: float | None, style: str | int) -> str:
     return text if std is None else f"{text} ± {std * scale:.{digits}f}"
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    header = ["scheme", "objective", "seeds"] + [title for _, title, _ in METRICS]
+def markdown_table(rows: list[dict[str, Any]], metrics: Sequence[tuple] = METRICS) -> str:
+    header = ["scheme", "objective", "seeds"] + [title for _, title, _ in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         seeds = ",".join(map(str, row["seeds"])) or "–"
         if row["failed"]:
             seeds += f" ({row['failed']} failed)"
         values = [
-            _cell_text(row[f"{key}_mean"], row[f"{key}_std"], style) for key, _, style in METRICS
+            _cell_text(row[f"{key}_mean"], row[f"{key}_std"], style) for key, _, style in metrics
         ]
         lines.append("| " + " | ".join([row["scheme"], row["objective"], seeds, *values]) + " |")
     return "\n".join(lines)
@@ -162,12 +198,32 @@ def write_tables(grid: Grid) -> list[Path]:
         part = [r for r in rows if r["preset"] == preset]
         lines += [f"## {preset}", "", markdown_table(part), ""]
         lines += [f"- {note}" for note in _references(part)] + [""]
+        if any(r["bg_gap_mean"] is not None for r in part):
+            lines += [
+                "Backgrounds test (adios eval robustness; fast linear probe test top-1 per "
+                "variant, gap = mixed-same - mixed-rand):",
+                "",
+                markdown_table(part, ROBUSTNESS_METRICS),
+                "",
+            ]
+    curve_rows = write_curves(grid)
+    if curve_rows:
+        lines += [
+            "## Learning curves",
+            "",
+            "Validation kNN of the training monitor (docs/curves.md), mean ± std over seeds, "
+            "at the last evaluation point at or before each budget: curves.csv, curves.png.",
+            "",
+            *budget_table(curve_rows),
+        ]
     paths = [
         grid.output / "results.md",
         grid.output / "results.csv",
         grid.output / "cells.csv",
         grid.output / "results.png",
     ]
+    if curve_rows:
+        paths += [grid.output / "curves.csv", grid.output / "curves.png"]
     paths[0].write_text("\n".join(lines))
     _write_csv(paths[1], [{**r, "seeds": " ".join(map(str, r["seeds"]))} for r in rows])
     _write_csv(
@@ -188,16 +244,30 @@ def write_tables(grid: Grid) -> list[Path]:
     return paths
 
 
+def write_curves(grid: Grid) -> list[dict[str, Any]]:
+    """Every cell's curve.csv, the grid's curves.csv and curves.png; returns the rows."""
+    pairs = [(c, c.run_dir(grid)) for c in cells(grid)]
+    rows = collect_curves(pairs)
+    if not rows:
+        return rows
+    classes = {}
+    for cell, run_dir in pairs:
+        knn = _read_json(run_dir / EVALUATION_FILES["knn"])
+        if knn and "num_classes" in knn.get("dataset", {}):
+            classes[cell.preset] = knn["dataset"]["num_classes"]
+    fields = ["preset", "objective", "scheme", "seed", *CURVE_FIELDS]
+    write_csv(grid.output / "curves.csv", rows, fields)
+    curve_plot(rows, references(rows, pairs, classes), grid.output / "curves.png")
+    return rows
+
+
 def _machine_text(info: dict[str, Any]) -> str:
     device = info.get("cuda_device") or f"CPU, {info.get('cpus')} cores"
     return f"{device}, torch {info.get('torch')}, {info.get('platform')}"
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, rows, list(rows[0]) if rows else [])
 
 
 ACCURACY_KEYS = ("knn", "knn_k20", "linear")
@@ -219,7 +289,9 @@ def bar_figure(rows: list[dict[str, Any]]) -> Figure:
     and the references: the untrained encoder (kNN) or random blob masks (mask metrics) dashed,
     chance (1 / classes) dotted. Mask panels leave out the schemes without learned masks."""
     keys = [
-        (k, t, p) for k, t, p in METRICS[:5] if any(r[f"{k}_mean"] is not None for r in rows)
+        (k, t, p)
+        for k, t, p in METRICS
+        if k in BAR_KEYS and any(r[f"{k}_mean"] is not None for r in rows)
     ] or list(METRICS[:1])
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     objectives = list(dict.fromkeys(r["objective"] for r in rows))

@@ -16,10 +16,9 @@ Conventions that differ from, or are not fixed by, torchvision:
   when ``out_size`` is at least the crop size, the common case when views keep the dataset's size.
 - Colour jitter applies brightness, contrast, saturation and hue in a random order drawn per sample,
   like torchvision draws one per call.
-- Blur sigma is given in pixels at 224 px and scaled to the output:
-  ``sigma_px = sigma * out_size / 224``. The kernel is truncated at three times the largest sigma:
-  ``2 * ceil(3 * sigma_px_max) + 1`` taps. Recipes built on PIL's blur use sigma in pixels of
-  the crop, unscaled; to reproduce them at size S, pass ``blur_sigma`` multiplied by ``224 / S``.
+- Blur sigma is drawn in pixels of the output crop, not rescaled by its size (the reference's
+  PIL blur after the crop: [0.1, 2] px at every size). The kernel is truncated at three times
+  the largest sigma: ``2 * ceil(3 * sigma_max) + 1`` taps (at most the image size allows).
 """
 
 from __future__ import annotations
@@ -37,8 +36,6 @@ from adios.config_data import ViewConfig  # noqa: F401  (config-level; importabl
 
 # torchvision's luma weights, used by grayscale, saturation and contrast.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
-# Sigma of ``ViewConfig.blur_sigma`` is expressed in pixels of an image of this size.
-BLUR_REFERENCE_SIZE = 224
 # Target size of one intermediate (B, 3, H, W) tensor when augmenting on CPU: about the L2 cache
 # of two cores, so that a chunk's passes stay in cache.
 CPU_CHUNK_BYTES = 2**22
@@ -106,8 +103,8 @@ def transfer_params(params: Sequence[ViewParams], device: torch.device) -> list[
 
 def sample_crop_boxes(
     batch_size: int,
-    height: int,
-    width: int,
+    height: int | Tensor,
+    width: int | Tensor,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     generator: torch.Generator | None = None,
@@ -116,42 +113,49 @@ def sample_crop_boxes(
     """Crop boxes ``(B, 4)`` = top, left, height, width, drawn like torchvision's RandomResizedCrop.
 
     Each sample takes its first of ``attempts`` (area, log-aspect) draws whose box fits in the
-    image, or torchvision's centre-crop fallback when none fits.
+    image, or torchvision's centre-crop fallback when none fits. ``height`` and ``width`` may be
+    per-sample (B,) tensors: whole images of several sizes, each at the top left of its square.
+    The random draws do not depend on the sizes, so a batch of full squares gives the same boxes
+    as the scalar sizes.
     """
+    h = torch.as_tensor(height, dtype=torch.float64).reshape(-1, 1)
+    w = torch.as_tensor(width, dtype=torch.float64).reshape(-1, 1)
     shape = (batch_size, attempts)
     fraction = torch.empty(shape, dtype=torch.float64).uniform_(*scale, generator=generator)
-    area = height * width * fraction
+    area = h * w * fraction
     log_ratio = torch.empty(shape, dtype=torch.float64).uniform_(
         math.log(ratio[0]), math.log(ratio[1]), generator=generator
     )
     aspect = torch.exp(log_ratio)
     box_w = torch.round(torch.sqrt(area * aspect))
     box_h = torch.round(torch.sqrt(area / aspect))
-    fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+    fits = (box_w > 0) & (box_w <= w) & (box_h > 0) & (box_h <= h)
     first_fit = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first max
     found = fits.any(dim=1)
     box_w = box_w.gather(1, first_fit).squeeze(1)
     box_h = box_h.gather(1, first_fit).squeeze(1)
 
-    fallback_h, fallback_w = _fallback_crop_size(height, width, ratio)
-    box_w = torch.where(found, box_w, float(fallback_w))
-    box_h = torch.where(found, box_h, float(fallback_h))
+    h, w = h.squeeze(1).expand(batch_size), w.squeeze(1).expand(batch_size)
+    fallback_h, fallback_w = _fallback_crop_size(h, w, ratio)
+    box_w = torch.where(found, box_w, fallback_w)
+    box_h = torch.where(found, box_h, fallback_h)
     offsets = torch.rand((batch_size, 2), dtype=torch.float64, generator=generator)
-    top = torch.floor(offsets[:, 0] * (height - box_h + 1)).clamp_(max=height - box_h)
-    left = torch.floor(offsets[:, 1] * (width - box_w + 1)).clamp_(max=width - box_w)
-    top = torch.where(found, top, float((height - fallback_h) // 2))
-    left = torch.where(found, left, float((width - fallback_w) // 2))
+    top = torch.minimum(torch.floor(offsets[:, 0] * (h - box_h + 1)), h - box_h)
+    left = torch.minimum(torch.floor(offsets[:, 1] * (w - box_w + 1)), w - box_w)
+    top = torch.where(found, top, torch.div(h - fallback_h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(w - fallback_w, 2, rounding_mode="floor"))
     return torch.stack([top, left, box_h, box_w], dim=1).long()
 
 
-def _fallback_crop_size(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+def _fallback_crop_size(
+    height: Tensor, width: Tensor, ratio: tuple[float, float]
+) -> tuple[Tensor, Tensor]:
     """Largest centred crop whose aspect ratio is clipped to ``ratio`` (torchvision's rule)."""
     image_ratio = width / height
-    if image_ratio < ratio[0]:
-        return round(width / ratio[0]), width
-    if image_ratio > ratio[1]:
-        return height, round(height * ratio[1])
-    return height, width
+    narrow, wide = image_ratio < ratio[0], image_ratio > ratio[1]
+    crop_h = torch.where(narrow, torch.round(width / ratio[0]), height)
+    crop_w = torch.where(wide, torch.round(height * ratio[1]), width)
+    return crop_h, crop_w
 
 
 def _bernoulli(batch_size: int, p: float, generator: torch.Generator | None) -> Tensor:
@@ -164,16 +168,16 @@ def _uniform(batch_size: int, lo: float, hi: float, generator: torch.Generator |
 
 def blur_kernel_size(view: ViewConfig, out_size: int) -> int:
     """Odd number of taps covering three sigmas of the largest blur, at most the image size."""
-    sigma_max = view.blur_sigma[1] * out_size / BLUR_REFERENCE_SIZE
-    radius = min(math.ceil(3 * sigma_max), out_size - 1)  # reflect padding needs radius < size
+    # reflect padding needs radius < size
+    radius = min(math.ceil(3 * view.blur_sigma[1]), out_size - 1)
     return 2 * radius + 1
 
 
 def sample_view_params(
     view: ViewConfig,
     batch_size: int,
-    height: int,
-    width: int,
+    height: int | Tensor,
+    width: int | Tensor,
     out_size: int,
     generator: torch.Generator | None = None,
 ) -> ViewParams:
@@ -193,8 +197,7 @@ def sample_view_params(
 
     grayscaled = _bernoulli(batch_size, view.grayscale_p, generator)
     blurred = _bernoulli(batch_size, view.blur_p, generator)
-    scale = out_size / BLUR_REFERENCE_SIZE
-    sigma = _uniform(batch_size, view.blur_sigma[0] * scale, view.blur_sigma[1] * scale, generator)
+    sigma = _uniform(batch_size, view.blur_sigma[0], view.blur_sigma[1], generator)
     blur_sigma = torch.where(blurred, sigma, 0.0)
     solarized = _bernoulli(batch_size, view.solarize_p, generator)
     return ViewParams(
@@ -446,7 +449,11 @@ class BatchAugment:
         self.blur_kernel_size = blur_kernel_size(view, self.out_size)
 
     def sample_params(
-        self, batch_size: int, height: int, width: int, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        height: int | Tensor,
+        width: int | Tensor,
+        generator: torch.Generator | None = None,
     ) -> ViewParams:
         return sample_view_params(self.view, batch_size, height, width, self.out_size, generator)
 
@@ -510,10 +517,17 @@ class TwoViewAugment:
         self.augment_b = BatchAugment(view_b, out_size, mean, std)
 
     def __call__(
-        self, images: Tensor, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        generator: torch.Generator | None = None,
+        extents: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """``extents``: CPU (B, 2) height, width of whole images at the top left of their
+        zero-padded squares (``data.load_size``); crops are drawn inside them only."""
         _check_images(images)
         batch, _, height, width = images.shape
+        if extents is not None:
+            height, width = extents[:, 0], extents[:, 1]
         generator = _check_generator(generator)
         params = [
             augment.sample_params(batch, height, width, generator)

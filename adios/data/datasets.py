@@ -46,13 +46,19 @@ class Split:
     images: Tensor  # uint8 (N, 3, H, W)
     labels: Tensor | None = None  # int64 (N,); UNLABELED (-1) for an image without a label
     instances: Tensor | None = None  # uint8 (N, H, W), 0 = background; scenes only
+    # whole images (data.load_size): int64 (N, 2) height, width of the image at the top left
+    # of its zero-padded square, kept on the CPU (crop boxes are drawn there)
+    extents: Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: Tensor | slice) -> Split:
+        extents = None
+        if self.extents is not None:
+            extents = self.extents[index.cpu() if isinstance(index, Tensor) else index]
         return Split(self.images[index], *(None if t is None else t[index]
-                                           for t in (self.labels, self.instances)))
+                                           for t in (self.labels, self.instances)), extents)
 
 
 @dataclass
@@ -67,6 +73,11 @@ class Dataset:
     # Streamed datasets: the training files; ``train`` then holds only the first ``bank_size``
     # of them, decoded, for evaluation (the kNN bank).
     train_files: ImageFiles | None = None
+    # data.load_size: the training crops' source, whole images at load_size with their extents
+    # (in memory; streamed: ``train_files`` decoded whole); ``train`` again holds only the first
+    # ``bank_size`` images at image_size, resized and centre-cropped like val and test
+    train_whole: Split | None = None
+    load_size: int | None = None
 
 
 def load_dataset(cfg: DataConfig, bank_size: int = 4096, progress: bool = False) -> Dataset:
@@ -163,19 +174,32 @@ def _folder_dataset(cfg: DataConfig, bank_size: int, progress: bool) -> Dataset:
     else:
         test = pool.subset(test_index)
     files = {"train": pool.subset(train_index), "val": pool.subset(val_index), "test": test}
-    size = cfg.image_size
+    size, whole = cfg.image_size, cfg.load_size
+    train_size = whole or size
     stream = cfg.loader == "stream" or (
-        cfg.loader == "auto" and len(files["train"]) * 3 * size**2 > cfg.memory_limit_mb * 2**20)
-    decoded, bad = {}, []
+        cfg.loader == "auto"
+        and len(files["train"]) * 3 * train_size**2 > cfg.memory_limit_mb * 2**20)
+    decoded, bad, train_whole = {}, [], None
     for name, split_files in files.items():
         keep = min(bank_size, len(split_files)) if stream and name == "train" else len(split_files)
-        images, records = inspect_files(split_files.paths, size, keep=keep, workers=cfg.workers,
-                                        progress=progress, desc=f"checking {name} images")
+        if whole and name == "train":  # the crops' source: every image whole at load_size
+            keep = 0 if stream else len(split_files)
+        images, records = inspect_files(split_files.paths, train_size if name == "train" else size,
+                                        keep=keep, workers=cfg.workers, progress=progress,
+                                        desc=f"checking {name} images",
+                                        whole=bool(whole) and name == "train")
         failed = torch.tensor([bool(r.error) for r in records], dtype=torch.bool)
         bad += [(p, r.error) for p, r in zip(split_files.paths, records, strict=True) if r.error]
         good = (~failed).nonzero().squeeze(1)
         files[name] = split_files.subset(good)
         decoded[name] = images[good[good < keep]]
+        if whole and name == "train":
+            extents = torch.tensor([r.extent for r in records], dtype=torch.int64).view(-1, 2)
+            if not stream:
+                train_whole = Split(decoded[name], files[name].labels, extents=extents[good])
+            bank = files[name].subset(torch.arange(min(bank_size, len(files[name]))))
+            decoded[name], _ = inspect_files(bank.paths, size, keep=len(bank), workers=cfg.workers,
+                                             progress=progress, desc="decoding the kNN bank")
     report_bad_files(bad, cfg.bad_files)
     splits = [Split(decoded[name], files[name].labels[: len(decoded[name])])
               for name in ("train", "val", "test")]
@@ -183,7 +207,8 @@ def _folder_dataset(cfg: DataConfig, bank_size: int, progress: bool) -> Dataset:
         raise DataError(f"data.path: no decodable images left in a split of {layout.root}")
     return Dataset(*splits, num_classes=len(layout.class_names),
                    class_names=layout.class_names, mean=cfg.mean, std=cfg.std,
-                   train_files=files["train"] if stream else None)
+                   train_files=files["train"] if stream else None, train_whole=train_whole,
+                   load_size=whole)
 
 
 def knn_bank(split: Split, size: int) -> Split:
@@ -199,14 +224,20 @@ def training_batches(dataset: Dataset, train_split: Split, batch_size: int,
     """The training loop's batch source: the in-memory split, or the streamed files.
 
     ``instances``: batches also carry the instance maps (the oracle masking scheme needs them).
+    Whole-image sources (``data.load_size``) have ``has_extents``: each batch ends with the CPU
+    (B, 2) extents for :class:`adios.data.augment.TwoViewAugment`.
     """
     if instances and (dataset.train_files is not None or train_split.instances is None):
         raise DataError("this dataset has no instance maps (ground-truth object masks); "
                         "the built-in scenes (data.name=shapes) do")
-    if dataset.train_files is None:
-        return InMemoryBatches(train_split, batch_size, instances)
-    return StreamingBatches(dataset.train_files, batch_size, train_split.images.shape[-1],
-                            train_split.images.device, workers)
+    if dataset.train_files is not None:
+        size = dataset.load_size or train_split.images.shape[-1]
+        return StreamingBatches(dataset.train_files, batch_size, size, train_split.images.device,
+                                workers, whole=dataset.load_size is not None)
+    if dataset.train_whole is not None:
+        return InMemoryBatches(to_device(dataset.train_whole, train_split.images.device),
+                               batch_size)
+    return InMemoryBatches(train_split, batch_size, instances)
 
 
 class InMemoryBatches:
@@ -220,6 +251,7 @@ class InMemoryBatches:
     def __init__(self, split: Split, batch_size: int, instances: bool = False) -> None:
         self.split = split
         self.instances = instances
+        self.has_extents = split.extents is not None
         self.batch_size = min(batch_size, len(split))
         self.steps = len(split) // self.batch_size
         if len(split) % self.batch_size >= 2:  # a last batch of one sample cannot be normalised
@@ -229,16 +261,22 @@ class InMemoryBatches:
         return self.steps
 
     def epoch(self, generator: torch.Generator) -> Iterator[tuple[Tensor | None, ...]]:
-        order = torch.randperm(len(self.split), generator=generator).to(self.split.images.device)
+        order_cpu = torch.randperm(len(self.split), generator=generator)
+        order = order_cpu.to(self.split.images.device)
         for i in range(self.steps):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             labels = None if self.split.labels is None else self.split.labels[index]
             if self.instances:
                 yield self.split.images[index], labels, self.split.instances[index]
+            elif self.has_extents:
+                rows = order_cpu[i * self.batch_size : (i + 1) * self.batch_size]
+                yield self.split.images[index], labels, self.split.extents[rows]
             else:
                 yield self.split.images[index], labels
 
 
 def to_device(split: Split, device: torch.device) -> Split:
+    """The split's tensors on ``device``; extents stay on the CPU, where crops are drawn."""
     return Split(split.images.to(device), *(None if t is None else t.to(device)
-                                            for t in (split.labels, split.instances)))
+                                            for t in (split.labels, split.instances)),
+                 split.extents)

@@ -28,7 +28,10 @@ Policies for images in class folders (also in README, "Datasets"):
 - grayscale, palette, CMYK and 16-bit images are converted to 8-bit RGB; an alpha channel is
   dropped (the stored colour is kept, not composited); EXIF orientation is applied;
 - every image is resized so that its shorter side is the load size (``data.image_size``) and
-  centre-cropped to a square; smaller images are upscaled the same way.
+  centre-cropped to a square; smaller images are upscaled the same way. With ``whole=True``
+  (``data.load_size``, for training crops drawn from the whole image as the reference draws
+  them) the whole image is kept instead: its longer side shrunk to the load size (never
+  enlarged), stored top-left in a zero square, with its height and width as the extent.
 """
 
 from __future__ import annotations
@@ -474,8 +477,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _decode(data: bytes, size: int) -> tuple[Tensor, str, int, int]:
-    """Decoded image as in ``decode_image``, with the file's PIL mode, width and height."""
+def _decode(
+    data: bytes, size: int, whole: bool = False
+) -> tuple[Tensor, str, int, int, tuple[int, int]]:
+    """Decoded image as in ``decode_image`` (``whole``: ``decode_whole``'s square), with the
+    file's PIL mode, width and height, and the (height, width) the stored pixels fill."""
     with Image.open(io.BytesIO(data)) as image:
         mode, (width, height) = image.mode, image.size
         image.draft("RGB", (size, size))
@@ -483,12 +489,29 @@ def _decode(data: bytes, size: int) -> tuple[Tensor, str, int, int]:
             image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)
         image.load()  # decode now, while the file is open (an RGB image is converted lazily)
+    if whole:
+        square, extent = _whole_square(image, size)
+        return square, mode, width, height, extent
     if min(image.size) != size:
         image = TF.resize(image, size, antialias=True)
     if image.size != (size, size):
         image = TF.center_crop(image, [size, size])
     pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    return pixels.view(size, size, 3).permute(2, 0, 1), mode, width, height
+    return pixels.view(size, size, 3).permute(2, 0, 1), mode, width, height, (size, size)
+
+
+def _whole_square(image: Image.Image, size: int) -> tuple[Tensor, tuple[int, int]]:
+    """The whole image, longer side at most ``size`` (never enlarged), top-left in a zero
+    (3, size, size); and the (height, width) it fills."""
+    width, height = image.size
+    if max(width, height) > size:
+        scale = size / max(width, height)
+        height, width = max(1, round(height * scale)), max(1, round(width * scale))
+        image = TF.resize(image, [height, width], antialias=True)
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    square = torch.zeros((3, size, size), dtype=torch.uint8)
+    square[:, :height, :width] = pixels.view(height, width, 3).permute(2, 0, 1)
+    return square, (height, width)
 
 
 def decode_image(data: bytes, size: int) -> Tensor:
@@ -500,10 +523,19 @@ def decode_image(data: bytes, size: int) -> Tensor:
     return _decode(data, size)[0].contiguous()
 
 
-def load_image(path: Path, size: int) -> Tensor:
-    """Decode one file for training; a failure names the file (it was validated at load)."""
+def decode_whole(data: bytes, size: int) -> tuple[Tensor, tuple[int, int]]:
+    """uint8 (3, size, size) holding the whole image (longer side shrunk to ``size`` if larger)
+    at the top left, zeros elsewhere; and the (height, width) it fills, where crops may go."""
+    pixels, *_, extent = _decode(data, size, whole=True)
+    return pixels.contiguous(), extent
+
+
+def load_image(path: Path, size: int, whole: bool = False) -> tuple[Tensor, tuple[int, int]]:
+    """Decode one file for training (``decode_image``, or ``decode_whole`` with ``whole``) and
+    the extent its pixels fill; a failure names the file (it was validated at load)."""
     try:
-        return decode_image(path.read_bytes(), size)
+        pixels, *_, extent = _decode(path.read_bytes(), size, whole)
+        return pixels.contiguous(), extent
     except Exception as err:  # noqa: BLE001 - any decoder failure is reported the same way
         raise DataError(
             f"{path}: cannot decode ({type(err).__name__}: {err}); it was readable "
@@ -517,13 +549,14 @@ class FileRecord(NamedTuple):
     height: int
     digest: bytes  # blake2b of the file's bytes, for duplicate detection
     error: str  # "" when the file decoded
+    extent: tuple[int, int] = (0, 0)  # (height, width) its decoded pixels fill
 
 
 class _InspectFiles(torch.utils.data.Dataset):
     """Decode-and-describe tasks of ``_DECODE_BATCH`` files each, for DataLoader workers."""
 
-    def __init__(self, paths: Sequence[Path], size: int, keep: int) -> None:
-        self.paths, self.size, self.keep = paths, size, keep
+    def __init__(self, paths: Sequence[Path], size: int, keep: int, whole: bool = False) -> None:
+        self.paths, self.size, self.keep, self.whole = paths, size, keep, whole
 
     def __len__(self) -> int:
         return -(-len(self.paths) // _DECODE_BATCH)
@@ -535,16 +568,16 @@ class _InspectFiles(torch.utils.data.Dataset):
         pixels = torch.zeros((kept, 3, self.size, self.size), dtype=torch.uint8) if kept else None
         records = []
         for i, path in enumerate(paths):
-            mode, width, height, digest, error = "", 0, 0, b"", ""
+            mode, width, height, digest, error, extent = "", 0, 0, b"", "", (0, 0)
             try:
                 data = path.read_bytes()
                 digest = hashlib.blake2b(data, digest_size=16).digest()
-                decoded, mode, width, height = _decode(data, self.size)
+                decoded, mode, width, height, extent = _decode(data, self.size, self.whole)
                 if i < kept:
                     pixels[i] = decoded
             except Exception as err:  # noqa: BLE001 - every failure is reported with its file
                 error = f"{type(err).__name__}: {err}"
-            records.append(FileRecord(mode, width, height, digest, error))
+            records.append(FileRecord(mode, width, height, digest, error, extent))
         return start, pixels, records
 
 
@@ -565,16 +598,18 @@ def inspect_files(
     workers: int | None = None,
     progress: bool = True,
     desc: str = "decoding",
+    whole: bool = False,
 ) -> tuple[Tensor, list[FileRecord]]:
     """Decode every file in worker processes; pixels of the first ``keep`` files are returned.
 
     Decoding everything is how a truncated file is caught before training rather than during it.
-    Rows of files that failed are zero; their record says why.
+    Rows of files that failed are zero; their record says why. ``whole``: ``decode_whole``
+    squares, each record's ``extent`` saying where the image lies in its square.
     """
     workers = default_workers() if workers is None else workers
     images = torch.zeros((min(keep, len(paths)), 3, size, size), dtype=torch.uint8)
     records: list[FileRecord] = []
-    tasks = _InspectFiles(paths, size, keep)
+    tasks = _InspectFiles(paths, size, keep, whole)
     loader = torch.utils.data.DataLoader(
         tasks, batch_size=None, num_workers=workers, collate_fn=_as_is
     )

@@ -1,7 +1,8 @@
 """Training batches decoded from image files in DataLoader worker processes.
 
 For class-folder datasets too large to hold in memory as uint8 (see ``DataConfig.loader``).
-Workers only decode and resize to the load size (``data.image_size``); the random two-view
+Workers only decode and resize to the load size (``data.image_size``, or with ``whole`` the
+whole image at ``data.load_size``, and its extent); the random two-view
 augmentation is finished on the training device by :class:`adios.data.augment.TwoViewAugment`,
 exactly as for in-memory datasets. The batch order is drawn from the epoch's generator the same
 way :class:`adios.data.datasets.InMemoryBatches` draws it and decoding is deterministic, so a
@@ -20,26 +21,28 @@ from adios.data.readers import ImageFiles, default_workers, load_image
 
 
 class _DecodeFiles(torch.utils.data.Dataset):
-    def __init__(self, files: ImageFiles, size: int) -> None:
-        self.files, self.size = files, size
+    def __init__(self, files: ImageFiles, size: int, whole: bool = False) -> None:
+        self.files, self.size, self.whole = files, size, whole
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        return load_image(self.files.paths[index], self.size), self.files.labels[index]
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        pixels, extent = load_image(self.files.paths[index], self.size, self.whole)
+        return pixels, self.files.labels[index], torch.tensor(extent, dtype=torch.int64)
 
 
-def _stack(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    images, labels = zip(*items, strict=True)
-    return torch.stack(images), torch.stack(labels)
+def _stack(items: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    images, labels, extents = zip(*items, strict=True)
+    return torch.stack(images), torch.stack(labels), torch.stack(extents)
 
 
 class StreamingBatches:
     """Shuffled uint8 batches of image files, decoded ahead of the training step.
 
     Same interface as ``InMemoryBatches``: ``len()`` is the number of steps per epoch and
-    ``epoch(generator)`` yields ``(uint8 images (B, 3, S, S) on device, int64 labels)``.
+    ``epoch(generator)`` yields ``(uint8 images (B, 3, S, S) on device, int64 labels)``, and with
+    ``whole`` (``has_extents``) also the CPU int64 (B, 2) extents of the whole images.
     """
 
     def __init__(
@@ -50,8 +53,10 @@ class StreamingBatches:
         device: torch.device,
         workers: int | None = None,
         prefetch: int = 4,
+        whole: bool = False,
     ) -> None:
         self.files, self.image_size, self.device = files, image_size, torch.device(device)
+        self.has_extents = whole
         self.workers = default_workers() if workers is None else workers
         self.prefetch = prefetch
         self.batch_size = min(batch_size, len(files))
@@ -69,15 +74,16 @@ class StreamingBatches:
             for i in range(self.steps)
         ]
         loader = DataLoader(
-            _DecodeFiles(self.files, self.image_size),
+            _DecodeFiles(self.files, self.image_size, self.has_extents),
             batch_sampler=batches,
             num_workers=self.workers,
             collate_fn=_stack,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=self.prefetch if self.workers else None,
         )
-        for images, labels in loader:
-            yield (
+        for images, labels, extents in loader:
+            batch = (
                 images.to(self.device, non_blocking=True),
                 labels.to(self.device, non_blocking=True),
             )
+            yield (*batch, extents) if self.has_extents else batch

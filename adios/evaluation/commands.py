@@ -95,10 +95,12 @@ class EvalSetup:
 
     def dataset(self) -> Dataset:
         """The evaluation dataset; a streamed training split is decoded whole (bound it with
-        data.num_train), since the probes need every training image."""
+        data.num_train), since the probes need every training image. Evaluation needs no
+        whole-image crop source (data.load_size): every split at image_size."""
         if self._dataset is None:
+            data = dataclasses.replace(self.cfg.data, load_size=None)
             self._dataset = load_dataset(
-                self.cfg.data, bank_size=ALL_IMAGES, progress=self.cfg.train.progress
+                data, bank_size=ALL_IMAGES, progress=self.cfg.train.progress
             )
         return self._dataset
 
@@ -513,17 +515,23 @@ def _headline(result: dict) -> str:
     kind = result["eval"]
     if kind == "knn":
         parts = [
-            f"{name} (k={t['k']}, T={t['temperature']:g}) {t['top1']:.1%}"
+            f"{name} (k={t['k']}, T={t['temperature']:g}) {t['top1']:.1%} "
+            f"(balanced {t['balanced_accuracy']:.1%})"
             for name, t in result["test"].items()
         ]
-        return f"knn test top-1: {'; '.join(parts)}"
+        majority = result["test"]["selected"]["majority_rate"]
+        return f"knn test top-1: {'; '.join(parts)}; majority class {majority:.1%}"
     if kind in ("linear_fast", "linear"):
         extra = (
             f" (weight decay {result['selected']['weight_decay']:g} chosen on val)"
             if kind == "linear_fast"
             else ""
         )
-        return f"{kind} test top-1 {result['test']['top1']:.1%}{extra}"
+        test = result["test"]
+        return (
+            f"{kind} test top-1 {test['top1']:.1%}, balanced {test['balanced_accuracy']:.1%}, "
+            f"majority class {test['majority_rate']:.1%}{extra}"
+        )
     if kind == "masks" and "tokens" in result:
         t = result["tokens"]
         return (f"hidden patch area on objects: draws {t['token_hidden_on_objects']:.1%}, "

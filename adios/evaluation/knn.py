@@ -169,7 +169,7 @@ def evaluate_knn(
         name: {
             "k": settings[name][0],
             "temperature": settings[name][1],
-            **features.test_labels.score(s, features.class_names),
+            **features.test_labels.score(s, features.class_names, bank.labels),
         }
         for name, s in scores.items()
     }

@@ -191,7 +191,7 @@ def evaluate_linear_fast(
         "n_fit": len(fit),
         "fit_top1": top1(probe(fit.features), fit.labels),
         "iterations": probe.iterations,
-        "test": features.test_labels.score(scores, features.class_names),
+        "test": features.test_labels.score(scores, features.class_names, fit.labels),
     }
     return result, probe
 
@@ -300,5 +300,5 @@ def evaluate_linear(
         "fit_on": "train+val",
         "n_fit": len(fit),
         "history": history,
-        "test": sealed.score(scores, dataset.class_names),
+        "test": sealed.score(scores, dataset.class_names, fit.labels),
     }

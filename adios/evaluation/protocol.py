@@ -21,6 +21,12 @@ from torch import Tensor, nn
 from adios.data.datasets import Dataset, Split
 from adios.data.readers import UNLABELED
 from adios.evaluation.features import extract_features
+from adios.evaluation.scores import (
+    balanced_accuracy_of,
+    confusion_matrix,
+    majority_rate,
+    per_class_recall,
+)
 
 
 @dataclass(frozen=True)
@@ -55,21 +61,33 @@ class SealedLabels:
         self._read = read
         self.opened = False
 
-    def score(self, scores: Tensor, class_names: Sequence[str]) -> dict:
-        """Metrics of final class scores (N, C); call once the predictions can no longer change."""
+    def score(
+        self, scores: Tensor, class_names: Sequence[str], train_labels: Tensor | None = None
+    ) -> dict:
+        """Metrics of final class scores (N, C); call once the predictions can no longer change.
+
+        ``train_labels``: the labels the classifier was fitted on, for the majority-class rate.
+        """
         self.opened = True
         labels = self._read()
         if labels is None:
             raise ValueError("the held-out split has no labels to score against")
-        return classification_metrics(scores, labels, class_names)
+        return classification_metrics(scores, labels, class_names, train_labels)
 
 
-def classification_metrics(scores: Tensor, labels: Tensor, class_names: Sequence[str]) -> dict:
+def classification_metrics(
+    scores: Tensor,
+    labels: Tensor,
+    class_names: Sequence[str],
+    train_labels: Tensor | None = None,
+) -> dict:
     """Top-1, top-5 (more than 5 classes only), per-class accuracy and the confusion matrix.
 
     The prediction is the first maximal score, so a tie goes to the lowest class (as in
     :func:`adios.evaluation.knn.knn_accuracy`). Per-class accuracy is recall; classes absent from
-    ``labels`` get None, and ``balanced_accuracy`` averages over the present ones.
+    ``labels`` get None, and ``balanced_accuracy`` averages over the present ones. With
+    ``train_labels``, ``majority_rate`` is the top-1 of always predicting the most frequent
+    training class (:mod:`adios.evaluation.scores`).
     """
     num_classes = len(class_names)
     if scores.shape != (labels.shape[0], num_classes):
@@ -79,17 +97,16 @@ def classification_metrics(scores: Tensor, labels: Tensor, class_names: Sequence
         )
     labels = labels.to(scores.device, torch.long)
     predictions = scores.argmax(dim=1)
-    confusion = torch.bincount(labels * num_classes + predictions, minlength=num_classes**2)
-    confusion = confusion.reshape(num_classes, num_classes).cpu()
-    support = confusion.sum(dim=1)
-    recall = confusion.diagonal().double() / support.clamp_min(1)
+    confusion = confusion_matrix(predictions, labels, num_classes)
+    recall, support = per_class_recall(confusion)
     per_class = [
         r if n > 0 else None for r, n in zip(recall.tolist(), support.tolist(), strict=True)
     ]
     metrics = {
         "top1": (predictions == labels).double().mean().item(),
         "top5": None,
-        "balanced_accuracy": recall[support > 0].mean().item(),
+        "balanced_accuracy": balanced_accuracy_of(confusion),
+        "majority_rate": None if train_labels is None else majority_rate(train_labels, labels),
         "n": int(labels.shape[0]),
         "per_class": dict(zip(class_names, per_class, strict=True)),
         "confusion": confusion.tolist(),  # rows: true class, columns: predicted class

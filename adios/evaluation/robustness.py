@@ -131,11 +131,12 @@ def evaluate_backgrounds(
     for probe_name, by_variant in scores.items():
         table = {}
         for name, s in by_variant.items():
-            metrics = sealed.score(s, names)
+            metrics = sealed.score(s, names, fit.labels)
             table[name] = {
                 "top1": metrics["top1"],
                 "balanced_accuracy": metrics["balanced_accuracy"],
             }
+            results["majority_rate"] = metrics["majority_rate"]  # the same for every variant
         table["background_gap"] = table["mixed_same"]["top1"] - table["mixed_rand"]["top1"]
         results[probe_name] = table
     return results, variants

@@ -6,7 +6,8 @@ parameters each one moves. Two schedules compute the same numbers:
 * ``reference``: the straightforward one, one encoder pass per mask, the unmasked view
   recomputed for every mask (as the paper's code does);
 * ``fast``: the unmasked view encoded once, the N masked copies encoded in one batched pass whose
-  batch norms keep per-copy statistics (``batch_groups``), so parameter updates are identical.
+  batch norms keep per-copy statistics (``batch_groups``), so parameter updates are identical;
+  the running statistics are recorded and replayed in the reference's order, so they are too.
 
 A third, ``single-pass`` (see :func:`adios.engine.single_pass_step`), is a different game: both
 players step on one forward and one backward, the masker's gradient arriving through
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from adios.models.norm import batch_groups, frozen_bn_stats
+from adios.models.norm import batch_groups, frozen_bn_stats, recorded_stats
 from adios.objectives.base import SiameseObjective
 
 Mode = Literal["adios", "adios-s", "none"]
@@ -67,6 +68,19 @@ def penalty_term(masks: Tensor) -> Tensor:
     and a 3-digit mask size would make it jump.
     """
     return sparsity_penalty(mask_sizes(masks.float())).mean(dim=0).sum()
+
+
+def size_entropy_term(*masks: Tensor) -> Tensor:
+    """``sum_batch sum_n softmax(s)_n * log softmax(s)_n``, ``s`` an image's mask sizes.
+
+    The reference's ``alpha_entropy`` term: the masker's objective adds ``alpha_entropy`` times
+    this (minus the entropy of the softmaxed sizes, summed over the batch, not averaged), so
+    maximising it makes mask sizes less equal. Several mask tensors (SimSiam's two views) are
+    joined along the mask axis first, as the reference joins them. Float32 under autocast.
+    """
+    sizes = torch.cat([mask_sizes(m.to(torch.promote_types(m.dtype, torch.float32)))
+                       for m in masks], dim=1)
+    return (sizes.softmax(dim=1) * sizes.log_softmax(dim=1)).sum()
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -133,27 +147,54 @@ def siamese_loss(
     index_a: Tensor | None = None,
     schedule: Schedule = "fast",
     encode: Encoder | None = None,
+    masked_stats: bool = True,
+    occluded: tuple[bool, bool] = (False, False),
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Objective summed over masks, and the encoder outputs of view ``a`` (for the probe).
+    """Objective summed over masks, and the encoder outputs of the unmasked view ``a`` (for the
+    probe).
 
-    ``masks_b`` occludes view ``b``; ``masks_a`` (objectives that mask both views) occludes
-    ``a`` with its own masks. Full ADIOS sums the pair loss over the N masked copies; ADIOS-s
-    and ``none`` have a single term. ``encode`` replaces ``objective.forward_views`` for the
-    encoder passes (a DistributedDataParallel wrapper of it, so that gradients are averaged).
+    ``masks_b`` occludes view ``b``. Full ADIOS sums the pair loss over the N masked copies;
+    ADIOS-s and ``none`` have a single term. Objectives that mask both views (SimSiam) take
+    ``masks_a`` for view ``a`` and score each mask with their ``masked_loss`` of both views,
+    unmasked and masked. ``encode`` replaces ``objective.forward_views`` for the encoder passes
+    (a DistributedDataParallel wrapper of it, so that gradients are averaged).
+
+    Batch-norm running statistics: every pass updates them in the order of the reference
+    schedule (the ``fast`` schedule records its batched statistics and replays them in that
+    order, :func:`adios.models.norm.recorded_stats`), or with ``masked_stats=False`` only the
+    unmasked passes do (``train.bn_stats=unmasked``: what evaluation sees). ``occluded``: views
+    a, b that come in already occluded (fixed schemes, mode ``none``) count as masked there.
     """
     encode = objective.forward_views if encode is None else encode
+    masked = masks_b is not None and mode != "none"
+    quiet = nullcontext if masked_stats else lambda: frozen_bn_stats(objective)
     if schedule == "reference" and mode == "adios":
-        return _reference_loss(objective, encode, a, b, masks_b, masks_a)
+        return _reference_loss(objective, encode, a, b, masks_b, masks_a, quiet)
     batch = a.shape[0]
-    views_a, groups_a = _occluded(a, masks_a, mode, index_a)
-    views_b, groups_b = _occluded(b, masks_b, mode, index_b)
-    out_a = _encode(objective, encode, views_a, groups_a)
-    out_b = _encode(objective, encode, views_b, groups_b)
-    loss = a.new_zeros(())
-    for n in range(groups_b):
-        pair_a = _rows(out_a, n * batch, batch) if groups_a > 1 else out_a
-        loss = loss + objective.pair_loss(pair_a, _rows(out_b, n * batch, batch))
-    return loss, _rows(out_a, 0, batch)
+    copies = masks_b.shape[1] if masked and mode == "adios" else 1
+    with recorded_stats(objective) if copies > 1 else nullcontext() as recorder:
+        views_b, groups = _occluded(b, masks_b, mode, index_b)
+        if masked and masks_a is not None and objective.masks_both_views:
+            views_a, _ = _occluded(a, masks_a, mode, index_a)
+            out_a, out_b = encode(a), encode(b)
+            with quiet():
+                out_am = _encode(objective, encode, views_a, groups)
+                out_bm = _encode(objective, encode, views_b, groups)
+            loss = a.new_zeros(())
+            for n in range(groups):
+                rows = (_rows(out, n * batch, batch) for out in (out_am, out_bm))
+                loss = loss + objective.masked_loss(out_a, out_b, *rows)
+        else:
+            with quiet() if occluded[0] else nullcontext():
+                out_a = encode(a)
+            with quiet() if masked or occluded[1] else nullcontext():
+                out_b = _encode(objective, encode, views_b, groups)
+            loss = a.new_zeros(())
+            for n in range(groups):
+                loss = loss + objective.pair_loss(out_a, _rows(out_b, n * batch, batch))
+    if recorder is not None:
+        recorder.replay(copies)
+    return loss, out_a
 
 
 def _reference_loss(
@@ -163,15 +204,24 @@ def _reference_loss(
     b: Tensor,
     masks_b: Tensor,
     masks_a: Tensor | None,
+    quiet: Callable[[], AbstractContextManager],
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One pass per mask, the unmasked view recomputed each time: the plain schedule."""
+    """One pass per mask, the unmasked views recomputed each time: the plain schedule."""
     loss = a.new_zeros(())
     first_a = None
+    both = masks_a is not None and objective.masks_both_views
     for n in range(masks_b.shape[1]):
-        view_a = a if masks_a is None else a * (1.0 - masks_a[:, n : n + 1])
-        out_a = encode(view_a)
-        out_b = encode(b * (1.0 - masks_b[:, n : n + 1]))
-        loss = loss + objective.pair_loss(out_a, out_b)
+        out_a = encode(a)
+        if both:
+            out_b = encode(b)
+            with quiet():
+                out_am = encode(a * (1.0 - masks_a[:, n : n + 1]))
+                out_bm = encode(b * (1.0 - masks_b[:, n : n + 1]))
+            loss = loss + objective.masked_loss(out_a, out_b, out_am, out_bm)
+        else:
+            with quiet():
+                out_bm = encode(b * (1.0 - masks_b[:, n : n + 1]))
+            loss = loss + objective.pair_loss(out_a, out_bm)
         first_a = out_a if first_a is None else first_a
     return loss, first_a
 

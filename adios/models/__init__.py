@@ -45,7 +45,7 @@ def build_backbone(
     name: BackboneName,
     image_size: int,
     width: int = 64,
-    stem: Literal["auto", "cifar", "imagenet"] = "auto",
+    stem: Literal["auto", "cifar", "cifar-reference", "imagenet"] = "auto",
 ) -> nn.Module:
     """Backbone returning (B, out_dim) features; ``model.out_dim`` gives the size.
 
@@ -55,9 +55,10 @@ def build_backbone(
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"build_backbone: image_size must be a positive int, got {image_size!r}")
-    if stem not in ("auto", "cifar", "imagenet"):
+    if stem not in ("auto", "cifar", "cifar-reference", "imagenet"):
         raise ValueError(
-            f"build_backbone: stem must be 'auto', 'cifar' or 'imagenet', got {stem!r}"
+            "build_backbone: stem must be 'auto', 'cifar', 'cifar-reference' or 'imagenet', "
+            f"got {stem!r}"
         )
     if name == "resnet18":
         if stem == "auto":

@@ -65,11 +65,15 @@ class OcclusionModel(nn.Module):
         fbase: int = 32,
         norm: NormKind = "group",
         blur_sigma: float = 0.0,
+        num_blocks: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
             raise ValueError(f"OcclusionModel: image_size must be an int >= 8, got {image_size!r}")
-        num_blocks = image_size.bit_length() - 2  # floor(log2(image_size)) - 1, exactly
+        if num_blocks is None:  # the reference's SimSiam scripts set it (4 at 96 px)
+            num_blocks = image_size.bit_length() - 2  # floor(log2(image_size)) - 1, exactly
+        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks < 2:
+            raise ValueError(f"OcclusionModel: num_blocks must be an int >= 2, got {num_blocks!r}")
         if image_size % 2 ** (num_blocks - 1) != 0:
             raise ValueError(
                 f"OcclusionModel: image_size {image_size} gives {num_blocks} blocks, but is not "
@@ -181,5 +185,6 @@ def build_masker(cfg: Config) -> nn.Module:
         size = cfg.data.image_size
         return TokenMasker(size, patch_size_for(size), dim=m.token_dim, heads=m.token_heads)
     return OcclusionModel(
-        cfg.data.image_size, m.n_masks, fbase=m.fbase, norm=m.norm, blur_sigma=m.blur_sigma
+        cfg.data.image_size, m.n_masks, fbase=m.fbase, norm=m.norm, blur_sigma=m.blur_sigma,
+        num_blocks=m.num_blocks,
     )

@@ -6,6 +6,10 @@ batch norm would then pool statistics over all copies, which changes the model's
 equals N separate forwards (outputs, gradients and running statistics). Inside
 :func:`frozen_bn_stats` training-mode layers still normalise with batch statistics but leave their
 buffers alone, so the masker's update step does not move the encoder's running statistics.
+Inside :func:`recorded_stats` the layers keep each batch's statistics aside instead of folding
+them into the running averages; :meth:`StatsRecorder.replay` then folds them in the order the
+reference schedule would have (one unmasked pass per mask, interleaved with the masked copies),
+so a batched forward leaves the running statistics exactly where N separate forwards leave them.
 :func:`sync_batch_norm` makes the batch statistics span every process of a distributed run (what
 :class:`torch.nn.SyncBatchNorm` does, which would ignore both contexts); groups and freezing still
 apply.
@@ -25,7 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["BatchNorm1d", "BatchNorm2d", "batch_groups", "frozen_bn_stats", "sync_batch_norm"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "StatsRecorder",
+    "batch_groups",
+    "frozen_bn_stats",
+    "recorded_stats",
+    "sync_batch_norm",
+]
 
 
 def _world_size() -> int:
@@ -44,11 +56,13 @@ class _GroupableBatchNorm(_BatchNorm):
     _sync_stats: bool = False
     # every process's tensor, concatenated with gradients (adios.distributed passes its helper)
     _gather: Callable[[Tensor], Tensor] | None = None
+    _recorder: StatsRecorder | None = None
 
     def forward(self, input: Tensor) -> Tensor:
         uses_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         sync = uses_batch_stats and self._sync_stats and _world_size() > 1
-        if not uses_batch_stats or (self._stat_groups == 1 and not self._stats_frozen and not sync):
+        plain = self._stat_groups == 1 and not self._stats_frozen and not sync
+        if not uses_batch_stats or (plain and self._recorder is None):
             return super().forward(input)
         self._check_input_dim(input)
         groups = self._stat_groups
@@ -66,6 +80,15 @@ class _GroupableBatchNorm(_BatchNorm):
         outputs = normalise(parts, update_running)
         return outputs[0] if groups == 1 else torch.cat(outputs)
 
+    def _fold(self, mean: Tensor, var: Tensor) -> None:
+        """One running-average update with a recorded batch's statistics."""
+        factor = self._next_factor()
+        with torch.no_grad():
+            self.running_mean.mul_(1.0 - factor).add_(mean.to(self.running_mean.dtype),
+                                                      alpha=factor)
+            self.running_var.mul_(1.0 - factor).add_(var.to(self.running_var.dtype),
+                                                     alpha=factor)
+
     def _next_factor(self) -> float:
         """Running-average factor of the next batch, advancing ``num_batches_tracked`` as
         :class:`torch.nn.BatchNorm2d` does."""
@@ -75,6 +98,17 @@ class _GroupableBatchNorm(_BatchNorm):
         return self.momentum
 
     def _local(self, parts: list[Tensor], update_running: bool) -> list[Tensor]:
+        if update_running and self._recorder is not None:
+            outputs, stats = [], []
+            for part in parts:
+                # momentum 1 turns the buffers into this batch's mean and unbiased variance,
+                # computed by the same kernel as a normal update
+                mean, var = torch.zeros_like(self.running_mean), torch.ones_like(self.running_var)
+                outputs.append(F.batch_norm(part, mean, var, self.weight, self.bias, True, 1.0,
+                                            self.eps))
+                stats.append((mean, var))
+            self._recorder.calls.setdefault(self, []).append(stats)
+            return outputs
         running_mean = self.running_mean if update_running else None
         running_var = self.running_var if update_running else None
         return [
@@ -115,7 +149,11 @@ class _GroupableBatchNorm(_BatchNorm):
         mean = (counts * means).sum(dim=0) / total
         m2 = m2s.sum(dim=0) + (counts * (means - mean).square()).sum(dim=0)
         var = m2 / total
-        if update_running:
+        if update_running and self._recorder is not None:
+            unbiased = var * (total / (total - 1).clamp_min(1))
+            stats = [(m.detach(), v.detach()) for m, v in zip(mean, unbiased, strict=True)]
+            self._recorder.calls.setdefault(self, []).append(stats)
+        elif update_running:
             with torch.no_grad():
                 for group_mean, group_var, n in zip(mean, var, total, strict=True):
                     factor = self._next_factor()
@@ -191,6 +229,42 @@ def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for norm, value in zip(norms, previous, strict=True):
             norm._stats_frozen = value
+
+
+class StatsRecorder:
+    """Batch statistics kept aside by :func:`recorded_stats`: per layer, per forward call, one
+    (mean, unbiased variance) per group of the call."""
+
+    def __init__(self) -> None:
+        self.calls: dict[_GroupableBatchNorm, list[list[tuple[Tensor, Tensor]]]] = {}
+
+    def replay(self, copies: int) -> None:
+        """Fold the statistics into the running averages as ``copies`` rounds of the reference
+        schedule would: round n takes, call by call, a grouped call's n-th group, and a single
+        call's one batch again (the reference recomputes the unmasked view for every mask)."""
+        for norm, calls in self.calls.items():
+            for n in range(copies):
+                for call in calls:
+                    mean, var = call[n] if len(call) > 1 else call[0]
+                    norm._fold(mean, var)
+        self.calls.clear()
+
+
+@contextmanager
+def recorded_stats(module: nn.Module) -> Iterator[StatsRecorder]:
+    """Inside the block, training-mode batch norms of ``module`` that would update their running
+    statistics record the batch statistics instead (outputs unchanged); replay them with the
+    yielded recorder's :meth:`~StatsRecorder.replay`. Frozen layers record nothing."""
+    norms = _adios_batch_norms(module)
+    recorder = StatsRecorder()
+    previous = [norm._recorder for norm in norms]
+    for norm in norms:
+        norm._recorder = recorder
+    try:
+        yield recorder
+    finally:
+        for norm, value in zip(norms, previous, strict=True):
+            norm._recorder = value
 
 
 def sync_batch_norm(

@@ -25,26 +25,31 @@ class ResNet18(nn.Module):
 
     ``stem="cifar"`` uses a 3x3 stride-1 first convolution and no max-pool, which keeps enough
     resolution for 32-64 px images; ``"imagenet"`` is torchvision's 7x7 stride-2 conv + max-pool.
+    ``"cifar-reference"`` is the reference code's 32 px stem: the 3x3 stride-1 conv with padding
+    2 (a 32 px input gives 34x34 maps) and PyTorch's default conv init instead of kaiming.
     ``zero_init_residual`` zeroes each block's last BN weight so blocks start as identities.
     """
 
     def __init__(
         self,
         width: int = 64,
-        stem: Literal["cifar", "imagenet"] = "cifar",
+        stem: Literal["cifar", "cifar-reference", "imagenet"] = "cifar",
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"ResNet18: width must be a positive int, got {width!r}")
-        if stem == "cifar":
-            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        if stem in ("cifar", "cifar-reference"):
+            padding = 2 if stem == "cifar-reference" else 1
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=padding, bias=False)
             self.maxpool: nn.Module = nn.Identity()
         elif stem == "imagenet":
             self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         else:
-            raise ValueError(f"ResNet18: stem must be 'cifar' or 'imagenet', got {stem!r}")
+            raise ValueError(
+                f"ResNet18: stem must be 'cifar', 'cifar-reference' or 'imagenet', got {stem!r}"
+            )
         self.bn1 = BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
 
@@ -61,6 +66,8 @@ class ResNet18(nn.Module):
 
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
+                if module is self.conv1 and stem == "cifar-reference":
+                    continue  # the reference replaces torchvision's conv1 after its init
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, BatchNorm2d):
                 nn.init.ones_(module.weight)

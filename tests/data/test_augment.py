@@ -292,15 +292,15 @@ def test_crop_falls_back_to_torchvision_centre_crop(height, width, scale, ratio,
     assert (boxes == torch.tensor(expected)).all()
 
 
-def test_blur_sigma_scales_with_output_size():
-    assert [blur_kernel_size(ViewConfig(), size) for size in (32, 96, 224)] == [3, 7, 13]
+def test_blur_sigma_is_in_output_pixels_at_every_size():
+    """The reference blurs the output crop with sigma in [0.1, 2] px whatever its size."""
+    assert [blur_kernel_size(ViewConfig(), size) for size in (32, 96, 224)] == [13, 13, 13]
+    assert blur_kernel_size(ViewConfig(), 5) == 9  # the radius stays below the image size
     for size in (32, 96):
-        radius = blur_kernel_size(ViewConfig(), size) // 2
-        assert radius >= 3 * 2.0 * size / 224
-    params = BatchAugment(ViewConfig(blur_p=1.0), 96, MEAN, STD).sample_params(500, 96, 96)
-    sigma = params.blur_sigma
-    assert sigma.min() >= 0.1 * 96 / 224 and sigma.max() <= 2.0 * 96 / 224
-    assert sigma.max() - sigma.min() > 0.9 * (2.0 - 0.1) * 96 / 224
+        params = BatchAugment(ViewConfig(blur_p=1.0), size, MEAN, STD).sample_params(500, 96, 96)
+        sigma = params.blur_sigma
+        assert sigma.min() >= 0.1 and sigma.max() <= 2.0
+        assert sigma.max() - sigma.min() > 0.9 * (2.0 - 0.1)
 
 
 def test_jitter_orders_and_factors_follow_the_config():
@@ -360,7 +360,7 @@ def test_probability_one_applies_each_op_to_every_sample():
     torch.testing.assert_close(out, solarize(crop, 0.5))
 
     out, crop, params = augment_with(ViewConfig(**{**ALL_OFF, "blur_p": 1.0}), images)
-    torch.testing.assert_close(out, gaussian_blur(crop, params.blur_sigma, 3))
+    torch.testing.assert_close(out, gaussian_blur(crop, params.blur_sigma, 13))  # 3 x 2 px
 
     out, crop, params = augment_with(ViewConfig(**{**ALL_OFF, "jitter_p": 1.0}), images)
     torch.testing.assert_close(out, colour_jitter(crop, params.jitter_factors, params.jitter_order))

@@ -1,4 +1,5 @@
 import colorsys
+import dataclasses
 import math
 
 import numpy as np
@@ -118,6 +119,38 @@ def test_labels_match_instance_map(scenes):
         assert int(scenes.largest_shape[i]) == shapes[largest]
         present = [s in shapes[:count] for s in range(len(SHAPES))]
         assert scenes.shapes_present[i].tolist() == present
+
+
+def label_frequencies(config: SceneConfig, n: int = 4096) -> np.ndarray:
+    labels = generate_scenes(n, config, seed=0).largest_shape.numpy()
+    return np.bincount(labels, minlength=len(config.shapes)) / n
+
+
+# the default run's scenes, where circles won "largest" a third of the time before balancing
+SKEWED = SceneConfig(
+    shapes=("circle", "square", "triangle", "plus", "star"),
+    count_weights=(1, 2, 2, 2),
+    min_size=0.3,
+    max_size=0.6,
+    background_contrast=0.1,
+)
+
+
+@pytest.mark.parametrize("config", [SKEWED, SceneConfig()], ids=["5 shapes", "8 shapes"])
+def test_balanced_labels_are_within_two_points_of_uniform(config):
+    frequencies = label_frequencies(config)
+    assert np.abs(frequencies - 1 / len(config.shapes)).max() < 0.02, frequencies
+
+
+def test_unbalanced_labels_favour_round_shapes():
+    # the older scenes (the knob's other side): circles win by area, so a balance test must fail
+    frequencies = label_frequencies(dataclasses.replace(SKEWED, balanced_labels=False), 1024)
+    assert frequencies[0] > 1 / 5 + 0.08 and frequencies.argmax() == 0, frequencies
+
+
+def test_unbalanced_labels_match_instance_map():
+    config = SceneConfig(balanced_labels=False)
+    test_labels_match_instance_map(generate_scenes(40, config, seed=8))
 
 
 def test_objects_keep_their_bounding_circle():
@@ -281,6 +314,7 @@ def test_yaml_lists_become_tuples():
         ("max_occlusion", {"max_occlusion": 2.0}),
         ("background_contrast", {"background_contrast": -1.0}),
         ("background_class_correlation", {"background_class_correlation": True}),
+        ("balanced_labels", {"balanced_labels": 1}),
     ],
 )
 def test_config_validation_names_the_field(field, kwargs):

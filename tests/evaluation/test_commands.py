@@ -5,9 +5,11 @@ import json
 import re
 
 import matplotlib.image
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from sklearn.metrics import balanced_accuracy_score
 
 from adios.cli import main
 from adios.config import load_config
@@ -15,7 +17,7 @@ from adios.data.datasets import load_dataset
 from adios.engine import build_models
 from adios.evaluation.commands import _evaluation_base, load_setup
 from adios.evaluation.features import extract_features
-from adios.evaluation.knn import KNN_KS, knn_accuracy
+from adios.evaluation.knn import KNN_KS, knn_accuracy, knn_predict
 from adios.models import build_backbone
 
 TINY = [
@@ -79,6 +81,10 @@ def test_knn_and_fast_linear_write_results_for_the_test_split(run_dir, capsys):
     )
     bank = torch.cat([dataset.train.images, dataset.val.images])
     bank_labels = torch.cat([dataset.train.labels, dataset.val.labels])
+    test_labels = dataset.test.labels.numpy()
+    # the majority-class rate: the most frequent class of the fitting labels, scored on test
+    majority = (test_labels == np.bincount(bank_labels.numpy()).argmax()).mean()
+    assert linear["test"]["majority_rate"] == pytest.approx(majority)
     for row in knn["test"].values():
         expected = knn_accuracy(
             extract(bank),
@@ -90,6 +96,18 @@ def test_knn_and_fast_linear_write_results_for_the_test_split(run_dir, capsys):
             temperature=row["temperature"],
         )
         assert row["top1"] == pytest.approx(expected)
+        predictions = knn_predict(
+            extract(bank),
+            bank_labels,
+            extract(dataset.test.images),
+            8,
+            row["k"],
+            row["temperature"],
+        ).argmax(1)
+        assert row["balanced_accuracy"] == pytest.approx(
+            balanced_accuracy_score(test_labels, predictions.numpy())
+        )
+        assert row["majority_rate"] == pytest.approx(majority)
 
 
 def test_exported_encoder_gives_the_same_numbers_and_data_overrides_get_their_own_file(

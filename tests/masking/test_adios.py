@@ -243,6 +243,13 @@ def test_fast_schedule_equals_reference_after_three_steps(objective, mode):
         ref_params = dict(getattr(reference, part).named_parameters())
         for name, p in getattr(fast, part).named_parameters():
             assert torch.allclose(p, ref_params[name], atol=1e-10, rtol=0), f"{part}.{name}"
+    # batch-norm running statistics (and batch counts) too: the fast schedule replays its
+    # batched statistics in the reference's order
+    ref_buffers = dict(reference.objective.named_buffers())
+    buffers = list(fast.objective.named_buffers())
+    assert any("running_mean" in name for name, _ in buffers)
+    for name, buffer in buffers:
+        assert torch.allclose(buffer.double(), ref_buffers[name].double(), atol=1e-10, rtol=0), name
 
 
 @pytest.mark.parametrize("mode", ["adios", "adios-s"])
@@ -273,9 +280,9 @@ def test_fast_schedule_equals_reference_after_three_steps_in_float32(mode):
                        torch.Generator().manual_seed(step))
         moved.append(max((p - q).abs().max().item()
                          for p, q in zip(_players(models), start, strict=True)))
-        results.append(list(_players(models)))
+        results.append(list(_players(models)) + [b.float() for b in models.objective.buffers()])
     assert min(moved) > 1e3 * tolerance
-    for ref, fast in zip(*results, strict=True):
+    for ref, fast in zip(*results, strict=True):  # parameters, then BN running statistics
         assert torch.allclose(fast, ref, atol=tolerance, rtol=0)
 
 
@@ -366,6 +373,10 @@ def test_single_pass_moves_each_player_by_its_own_gradient(mode):
     for after, start, grads, lr in pairs:
         for p, p0, g in zip(after.parameters(), start.parameters(), grads, strict=True):
             torch.testing.assert_close(p - p0, -lr * g, rtol=1e-9, atol=1e-12)
+    # the running statistics are those of the twin's one unfrozen (encoder) loss
+    twin_buffers = dict(twin.objective.named_buffers())
+    for name, buffer in models.objective.named_buffers():
+        torch.testing.assert_close(buffer, twin_buffers[name], rtol=1e-12, atol=1e-12, msg=name)
 
 
 def test_single_pass_lowers_the_encoders_loss_and_raises_the_maskers():
@@ -383,3 +394,28 @@ def test_single_pass_lowers_the_encoders_loss_and_raises_the_maskers():
     start = _ssl_loss(cfg, before, a, b, old_masks, None)
     assert _ssl_loss(cfg, models, a, b, old_masks, None) < start  # encoder descended
     assert _ssl_loss(cfg, before, a, b, new_masks, None) > start  # masker ascended
+
+
+def test_size_entropy_term_by_hand_and_its_gradient_makes_sizes_less_equal() -> None:
+    from adios.masking.adios import size_entropy_term
+
+    # Image 1: sizes (0.25, 0.75), image 2: (0.5, 0.5), as constant masks of 4 x 4 pixels.
+    sizes = torch.tensor([[0.25, 0.75], [0.5, 0.5]], dtype=torch.float64)
+    masks = sizes[:, :, None, None].expand(2, 2, 4, 4).clone().requires_grad_(True)
+    value = size_entropy_term(masks)
+    # softmax(0.25, 0.75) = (1, e^0.5) / (1 + e^0.5); image 2 is uniform: 2 * 0.5 * log 0.5.
+    q = 1 / (1 + math.exp(0.5))
+    by_hand = q * math.log(q) + (1 - q) * math.log(1 - q) + math.log(0.5)
+    assert value.item() == pytest.approx(by_hand, rel=1e-12)
+    # Summed over the batch, not averaged: two copies of the batch give twice the value.
+    assert size_entropy_term(torch.cat([masks, masks])).item() == pytest.approx(2 * by_hand)
+    # The masker maximises + alpha_entropy * term: a small ascent step widens the size gap of
+    # image 1, and the uniform image 2 is a stationary point.
+    (grad,) = torch.autograd.grad(value, masks)
+    step = grad.sum(dim=(2, 3))  # d term / d size, up to the 1 / pixels factor
+    assert step[0, 1] > 0 > step[0, 0]
+    torch.testing.assert_close(step[1], torch.zeros(2, dtype=torch.float64))
+    # Two views (SimSiam): the reference softmaxes over the joined 2N sizes of an image.
+    joined = size_entropy_term(masks[:1], masks[:1])
+    p = torch.tensor([0.25, 0.75, 0.25, 0.75], dtype=torch.float64).softmax(0)
+    assert joined.item() == pytest.approx((p * p.log()).sum().item())

@@ -124,3 +124,17 @@ def test_fbase_not_multiple_of_8_is_fine_without_group_norm():
 def test_wrong_input_size_raises():
     with pytest.raises(ValueError, match="expected input"):
         OcclusionModel(32, n_masks=2, fbase=8)(torch.randn(1, 3, 64, 64))
+
+
+def test_num_blocks_override_gives_the_reference_simsiam_unet():
+    """SimSiam scripts pass --num_blocks 4 at 96 px: channels [c, 2c, 2c, 2c], a 12x12 bottleneck,
+    decoder inputs [4c, 4c, 4c, 2c] and outputs [2c, 2c, c, c] (reference src/utils/unet.py)."""
+    c = 8
+    model = OcclusionModel(96, 4, fbase=c, num_blocks=4)
+    assert (model.num_blocks, model.bottleneck_size) == (4, 12)
+    assert encoder_channels(model) == [c, 2 * c, 2 * c, 2 * c]
+    assert decoder_channels(model) == [(4 * c, 2 * c), (4 * c, 2 * c), (4 * c, c), (2 * c, c)]
+    masks = model(torch.randn(2, 3, 96, 96))
+    torch.testing.assert_close(masks.sum(dim=1), torch.ones(2, 96, 96))
+    with pytest.raises(ValueError, match="num_blocks"):
+        OcclusionModel(96, 4, fbase=c, num_blocks=1)

@@ -267,3 +267,38 @@ def test_grouped_forward_after_plain_forward_keeps_the_graph_valid():
 def _grouped(norm, x):
     with batch_groups(norm, 2):
         return norm(x)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_recorded_stats_replay_the_reference_order(momentum):
+    """An unmasked batch encoded once plus N masked copies in one grouped pass, recorded and
+    replayed, leaves the buffers where the reference's N rounds (unmasked, masked copy n) leave
+    them; outputs are those of plain forwards."""
+    from adios.models.norm import recorded_stats
+
+    ours, reference = make_pair(BatchNorm2d, nn.BatchNorm2d, momentum=momentum)
+    ours.train(), reference.train()
+    torch.manual_seed(1)
+    unmasked = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    copies = torch.randn(3 * 4, 3, 5, 5, dtype=torch.float64)
+    ours.double(), reference.double()
+    with recorded_stats(ours) as recorder:
+        out_unmasked = ours(unmasked)
+        with batch_groups(ours, 3):
+            out_copies = ours(copies)
+        # nothing folded yet
+        assert int(ours.num_batches_tracked) == 3
+    recorder.replay(3)
+    expected = []
+    for n in range(3):
+        first = reference(unmasked)
+        expected.append(reference(copies[4 * n : 4 * (n + 1)]))
+    torch.testing.assert_close(out_unmasked, first)
+    torch.testing.assert_close(out_copies, torch.cat(expected))
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, msg=key)
+    assert int(ours.num_batches_tracked) == 3 + 6
+    # a frozen layer records nothing, and a replay without calls changes nothing
+    with recorded_stats(ours) as recorder, frozen_bn_stats(ours):
+        ours(unmasked)
+    assert recorder.calls == {}

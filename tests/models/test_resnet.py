@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -124,3 +125,21 @@ def test_build_backbone_rejects_unknown_options():
     with pytest.raises(ValueError, match="stem"):
         build_backbone("resnet18", 32, stem="big")
     assert build_backbone("resnet18", 32, stem="imagenet").conv1.kernel_size == (7, 7)
+
+
+def test_cifar_reference_stem_pads_two_and_keeps_pytorch_default_init():
+    """The reference's 32 px stem: 34x34 maps after conv1; conv1 keeps nn.Conv2d's own init."""
+    model = ResNet18(width=8, stem="cifar-reference")
+    assert (model.conv1.kernel_size, model.conv1.padding) == ((3, 3), (2, 2))
+    stem_maps = model.relu(model.bn1(model.conv1(torch.randn(2, 3, 32, 32))))
+    assert stem_maps.shape == (2, 8, 34, 34)
+    # Default init is kaiming_uniform(a=sqrt(5)): |w| <= 1 / sqrt(fan_in) = 1 / sqrt(27);
+    # kaiming_normal(fan_out) has std sqrt(2 / 72) = 0.167 and exceeds that bound with certainty.
+    bound = 1 / math.sqrt(3 * 3 * 3)
+    assert model.conv1.weight.abs().max() <= bound
+    kaiming = ResNet18(width=8, stem="cifar").conv1.weight
+    assert kaiming.abs().max() > bound
+    # The other convolutions keep the kaiming init of the cifar stem.
+    torch.testing.assert_close(model.layer1[0].conv1.weight.std(), torch.tensor(math.sqrt(2 / 72)),
+                               rtol=0.25, atol=0)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 64)

@@ -168,3 +168,42 @@ def test_after_encoder_step_is_a_no_op_without_target(name: str) -> None:
     objective.after_encoder_step(3, 10)
     for key, value in objective.state_dict().items():
         torch.testing.assert_close(value, before[key])
+
+
+def _brute_force_simsiam_adios(views: dict, sym: bool, no: bool, both: bool) -> torch.Tensor:
+    """The reference's per-mask loss written out term by term: a list, then its mean."""
+    cos = torch.nn.functional.cosine_similarity
+    a, b, am, bm = views["a"], views["b"], views["a~"], views["b~"]
+    terms = [-cos(am["p"], b["z"].detach()).mean(), -cos(bm["p"], a["z"].detach()).mean()]
+    if sym:
+        terms += [-cos(b["p"], am["z"].detach()).mean(), -cos(a["p"], bm["z"].detach()).mean()]
+    if no:
+        terms += [-cos(a["p"], b["z"].detach()).mean(), -cos(b["p"], a["z"].detach()).mean()]
+    if both:
+        terms += [-cos(am["p"], bm["z"].detach()).mean(), -cos(bm["p"], am["z"].detach()).mean()]
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("sym", [False, True])
+@pytest.mark.parametrize("no", [False, True])
+@pytest.mark.parametrize("both", [False, True])
+def test_simsiam_masked_loss_matches_a_loop_over_the_flagged_terms(
+    sym: bool, no: bool, both: bool
+) -> None:
+    flags = {"use_symmetry_mask": sym, "use_no_mask": no, "use_both_mask": both}
+    objective = make("simsiam", **flags)
+    assert len(objective.terms) == 2 + 2 * (sym + no + both)
+    torch.manual_seed(1)
+    views = {k: objective.forward_views(torch.randn(4, 3, 8, 8)) for k in ("a", "b", "a~", "b~")}
+    loss = objective.masked_loss(views["a"], views["b"], views["a~"], views["b~"])
+    expected = _brute_force_simsiam_adios(views, sym, no, both)
+    torch.testing.assert_close(loss, expected)
+    # Gradients agree too (the stop-gradients sit on the same targets).
+    params = list(objective.parameters())
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
+    for got, want in zip(grads, expected_grads, strict=True):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want)

@@ -1,0 +1,215 @@
+"""The reference recipe's options as the training step plays them (adios.engine): optimiser
+groups, schedules, ADIOS-s draws, the entropy term, the probe on both views, the batch-norm
+statistics policy, SimSiam's loss terms, and every paper preset's recipe stepping."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import adios.engine as engine
+from adios.config import load_config
+from adios.engine import build_models, build_optimizers, build_trainer, train_step
+from adios.masking.adios import size_entropy_term
+from adios.optim import epoch_warmup_cosine
+from adios.reference import SCRIPT_ARGS
+
+TINY = [
+    "preset=shapes-paper", "model.width=4", "masker.fbase=8", "masker.n_masks=3",
+    "objective.proj_hidden=32", "objective.proj_out=16", "optim.batch_size=8",
+    "train.device=cpu",
+]
+
+
+def tiny(*overrides: str, objective: str = "simclr", classes: int | None = 3):
+    extra = [] if objective == "simclr" else ["objective.pred_hidden=32"]
+    cfg = load_config([*TINY, f"objective.name={objective}", *extra, *overrides])
+    torch.manual_seed(0)
+    return cfg, build_models(cfg, num_classes=classes, device=torch.device("cpu"))
+
+
+def batch(n: int = 8, seed: int = 0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, 3, 32, 32, generator=g, dtype=dtype)
+    b = a + 0.3 * torch.randn(n, 3, 32, 32, generator=g, dtype=dtype)
+    return a, b, torch.randint(0, 3, (n,), generator=g)
+
+
+def test_optimiser_groups_follow_the_recipe_options():
+    cfg, models = tiny("optim.lars_clip=true", "optim.weight_decay=0.001",
+                       "optim.mask_weight_decay=null", "optim.probe_lars=true",
+                       "optim.fixed_predictor_lr=true", objective="simsiam")
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    assert all(g["clip"] for opt in (encoder_opt, masker_opt) for g in opt.param_groups)
+    # the masker's decayed group takes the encoder's weight decay
+    assert {g["weight_decay"] for g in masker_opt.param_groups} == {0.001, 0.0}
+    probe_weight = models.probe.weight
+    probe_group = next(g for g in encoder_opt.param_groups
+                       if any(p is probe_weight for p in g["params"]))
+    assert not probe_group["lars_exclude"] and probe_group["weight_decay"] == 0.0
+    assert probe_group["lr"] == cfg.optim.probe_lr
+    fixed = [p for g in encoder_opt.param_groups if g.get("fixed_lr") for p in g["params"]]
+    assert {id(p) for p in fixed} == {id(p) for p in models.objective.predictor.parameters()}
+    # every trainable parameter is in exactly one group
+    listed = [id(p) for g in encoder_opt.param_groups for p in g["params"]]
+    expected = [p for m in (models.objective, models.probe) for p in m.parameters()
+                if p.requires_grad]
+    assert sorted(listed) == sorted(id(p) for p in expected)
+
+
+def test_epoch_schedule_with_the_maskers_longer_horizon():
+    cfg, models = tiny("optim.schedule_every=epoch", "optim.warmup_epochs=2",
+                       "optim.warmup_start_lr=0.003", "optim.train_mask_epochs=2",
+                       "train.epochs=6", "optim.lr=0.5", "optim.mask_lr=0.05")
+    trainer = build_trainer(cfg, 3, torch.device("cpu"), steps_per_epoch=4)
+    for step in range(24):
+        trainer.schedule(step)
+        epoch = step // 4
+        assert trainer.encoder_opt.param_groups[0]["lr"] == pytest.approx(
+            epoch_warmup_cosine(epoch, 4, 2, 0.5, warmup_start=0.003))
+        assert trainer.masker_opt.param_groups[0]["lr"] == pytest.approx(
+            epoch_warmup_cosine(epoch, 6, 2, 0.05, warmup_start=0.003))
+    trainer.schedule(4)  # epoch 1 ends the warm-up at the peak
+    assert trainer.encoder_opt.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("independent", [False, True])
+def test_adios_s_masker_step_draws_its_own_index(monkeypatch, independent):
+    cfg, models = tiny("masking.mode=adios-s", f"masking.independent_draws={independent}")
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    seen = []
+    real = engine.siamese_loss
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["index_b"].clone())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "siamese_loss", spy)
+    a, b, y = batch()
+    train_step(cfg, models, encoder_opt, masker_opt, a, b, y, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    first = torch.randint(3, (8,), generator=g)
+    torch.randint(3, (8,), generator=g)  # view a's draw
+    second = torch.randint(3, (8,), generator=g)
+    assert torch.equal(seen[0], first)
+    assert torch.equal(seen[1], second if independent else first)
+
+
+def test_entropy_term_moves_the_masker_by_its_gradient():
+    """Plain SGD, float64: the masker's step with alpha_entropy differs from the step without
+    by mask_lr * alpha * dE/dphi, E computed here from the masks before the step."""
+    alpha, mask_lr = 0.7, 0.3
+    results = []
+    for weight in (0.0, alpha):
+        cfg, models = tiny("optim.name=sgd", "optim.momentum=0", "optim.weight_decay=0",
+                           f"optim.mask_lr={mask_lr}", f"masking.alpha_entropy={weight}")
+        for module in (models.objective, models.masker, models.probe):
+            module.double()
+        encoder_opt, masker_opt = build_optimizers(cfg, models)
+        a, b, y = batch(dtype=torch.float64)
+        twin = copy.deepcopy(models.masker)
+        stats = train_step(cfg, models, encoder_opt, masker_opt, a, b, y,
+                           torch.Generator().manual_seed(0))
+        results.append((models.masker, twin, stats))
+    (plain, twin, _), (with_entropy, _, stats) = results
+    value = size_entropy_term(twin(b))
+    assert stats["entropy_term"] == pytest.approx(alpha * value.item())
+    grads = torch.autograd.grad(value, list(twin.parameters()))
+    for p, q, g in zip(with_entropy.parameters(), plain.parameters(), grads, strict=True):
+        torch.testing.assert_close(p - q, mask_lr * alpha * g, rtol=1e-6, atol=1e-10)
+
+
+def test_probe_on_both_views_is_the_mean_of_two_cross_entropies():
+    cfg, models = tiny("train.probe_views=both", "masking.mode=none")
+    encoder_opt, _ = build_optimizers(cfg, models)
+    a, b, y = batch()
+    twin = copy.deepcopy(models)  # train mode: batch statistics, as in the step
+    with torch.no_grad():
+        expected = 0.5 * sum(F.cross_entropy(twin.probe(twin.backbone(v)), y) for v in (a, b))
+    stats = train_step(cfg, models, encoder_opt, None, a, b, y, torch.Generator().manual_seed(0))
+    assert stats["probe_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("schedule", ["fast", "reference", "single-pass"])
+def test_unmasked_policy_tracks_only_the_unmasked_view(schedule):
+    """train.bn_stats=unmasked: after a step the running statistics are those of view a
+    encoded N times (once per mask, the reference's count) and of nothing masked."""
+    cfg, models = tiny("train.bn_stats=unmasked", f"masking.schedule={schedule}")
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    a, b, y = batch()
+    twin = copy.deepcopy(models.objective)
+    with torch.no_grad():
+        for _ in range(cfg.masker.n_masks):
+            twin.forward_views(a)
+    train_step(cfg, models, encoder_opt, masker_opt, a, b, y, torch.Generator().manual_seed(0))
+    trained = dict(models.objective.named_buffers())
+    for name, buffer in twin.named_buffers():
+        torch.testing.assert_close(trained[name], buffer, msg=name)
+
+
+def test_bn_policy_changes_buffers_not_parameters():
+    """Training normalises with batch statistics: the policy moves only the running ones."""
+    runs = []
+    for policy in ("mixed", "unmasked"):
+        cfg, models = tiny(f"train.bn_stats={policy}")
+        encoder_opt, masker_opt = build_optimizers(cfg, models)
+        for step in range(2):
+            a, b, y = batch(seed=step)
+            train_step(cfg, models, encoder_opt, masker_opt, a, b, y,
+                       torch.Generator().manual_seed(step))
+        runs.append(models.objective)
+    mixed, unmasked = runs
+    for (name, p), q in zip(mixed.named_parameters(), unmasked.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    means = [(m, u) for (n, m), u in zip(mixed.named_buffers(), unmasked.buffers(), strict=True)
+             if "running_mean" in n]
+    assert all(not torch.equal(m, u) for m, u in means)
+
+
+def test_simsiam_step_loss_is_the_flagged_terms_summed_over_masks():
+    cfg, models = tiny("masking.use_symmetry_mask=false", "masking.use_both_mask=false",
+                       objective="simsiam")
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    a, b, y = batch()
+    twin = copy.deepcopy(models)
+    stats = train_step(cfg, models, encoder_opt, masker_opt, a, b, y,
+                       torch.Generator().manual_seed(0))
+    cos = F.cosine_similarity
+    with torch.no_grad():
+        masks_b, masks_a = twin.masker(b), twin.masker(a)
+        total = 0.0
+        for n in range(3):  # the reference's loop: four passes per mask, then the terms' mean
+            va, vb = twin.objective.forward_views(a), twin.objective.forward_views(b)
+            vam = twin.objective.forward_views(a * (1 - masks_a[:, n : n + 1]))
+            vbm = twin.objective.forward_views(b * (1 - masks_b[:, n : n + 1]))
+            terms = [(vam, vb), (vbm, va), (va, vb), (vb, va)]  # masked p first; no-mask pair
+            total += sum(-cos(p["p"], z["z"]).mean() for p, z in terms) / len(terms)
+    assert stats["loss"] == pytest.approx(float(total), rel=1e-5)
+
+
+@pytest.mark.parametrize("preset", sorted(SCRIPT_ARGS))
+def test_every_paper_recipe_steps(preset):
+    """The preset's recipe (LARS clip, per-epoch schedule, probe on both views, entropy,
+    SimSiam terms, ADIOS-s draws), shrunk to the built-in scenes, trains two finite steps."""
+    base = load_config([f"preset={preset}"])
+    small = ["data.name=shapes", "data.split=train", "data.image_size=32", "data.load_size=null",
+             "data.num_train=16", "data.num_val=8", "data.num_test=8", "masker.fbase=8",
+             "objective.proj_hidden=32", "objective.proj_out=16", "optim.batch_size=8",
+             "train.device=cpu", "train.epochs=2"]
+    if base.model.backbone == "resnet18":
+        small += ["model.width=4", "model.stem=cifar"]
+    if base.masker.num_blocks is not None:
+        small.append("masker.num_blocks=3")
+    if base.objective.pred_hidden is not None:
+        small.append("objective.pred_hidden=32")
+    cfg = load_config([f"preset={preset}", *small])
+    trainer = build_trainer(cfg, 3, torch.device("cpu"), steps_per_epoch=2)
+    trainer.models.objective.train()
+    for step in range(2):
+        a, b, y = batch(seed=step)
+        stats = trainer.step(a, b, y, torch.Generator().manual_seed(step), step)
+        assert all(math.isfinite(v) for v in stats.values() if isinstance(v, float))
+    assert trainer.encoder_opt.param_groups[0]["clip"]
+    assert trainer.encoder_opt.param_groups[0]["lr"] == pytest.approx(0.003)  # epoch 0
