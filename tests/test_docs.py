@@ -93,8 +93,7 @@ def test_docs_refer_to_nothing_outside_the_repository(path):
 
 
 # written on other branches at the same time as the README's list of them; empty once merged
-PENDING = {"docs/presets.md", "docs/fidelity.md",
-           "docs/slots.md", "docs/curves.md"}
+PENDING = {"docs/slots.md"}
 
 
 def test_docs_links_point_at_files_that_exist():
