@@ -156,8 +156,11 @@ def save_atomic(obj: Any, path: Path) -> None:
     _write_atomic(path, lambda f: torch.save(obj, f), _nbytes(obj))
 
 
-def export_safetensors(state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    data = safetensors_save({k: v.detach().contiguous().cpu() for k, v in state_dict.items()})
+def export_safetensors(state_dict: dict[str, torch.Tensor], path: Path,
+                       metadata: dict[str, str] | None = None) -> None:
+    """``metadata``: strings stored in the file's header (adios.api describes the model there)."""
+    data = safetensors_save({k: v.detach().contiguous().cpu() for k, v in state_dict.items()},
+                            metadata=metadata)
     _write_atomic(path, lambda f: f.write(data), len(data))
 
 

@@ -259,6 +259,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # torch CPU threads; None: torch's default
     log_every: int = 10
+    wandb_project: str | None = None  # also log to this Weights & Biases project (extra `wandb`)
     # steps between checks that every parameter is finite (also before every save): a diverged
     # run stops with the last good checkpoint instead of saving NaN weights
     finite_every: int = 10

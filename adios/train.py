@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from adios.api import encoder_metadata, masker_metadata
 from adios.checkpoint import export_safetensors, load_optimizer_state, load_state, write_json
 from adios.config import Config, to_dict
 from adios.data.datasets import Dataset, Split, knn_bank
@@ -36,7 +37,7 @@ from adios.evaluation.features import extract_features, predict_masks
 from adios.evaluation.knn import knn_predict
 from adios.evaluation.mask_metrics import image_variation, mask_quality
 from adios.evaluation.scores import balanced_accuracy, majority_rate
-from adios.masking.adios import mask_sizes
+from adios.masking.adios import mask_confidence, mask_sizes
 from adios.masking.blobs import random_blob_masks
 from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
 from adios.perf import check_precision, peak_memory_mb, pick_device
@@ -45,6 +46,7 @@ from adios.runlog import MetricsLog, NullLog
 from adios.viz import mask_figure
 
 CHECKPOINT = "checkpoint.pt"
+CONFIDENCE_IMAGES = 128  # validation images whose mask confidence is logged every epoch
 
 
 def knn_eval(cfg: Config, backbone: nn.Module, bank: Split, query: Split, num_classes: int,
@@ -124,13 +126,15 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if env.enabled:
         models.replicas = replicate(models.objective, models.masker, models.probe, env,
                                     sync_bn=cfg.train.sync_bn)
-    log = run.closing(MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch) if main
-                      else NullLog())
+    log = run.closing(MetricsLog(run_dir, resume_step=start_epoch * steps_per_epoch,
+                                 wandb_project=cfg.train.wandb_project, config=to_dict(cfg))
+                      if main else NullLog())
     if start_epoch == 0 and labelled and main:
         knn0 = knn_eval(cfg, models.backbone, bank, s.val_split, dataset.num_classes, dataset,
                         device)
         log.write({"epoch": 0, "step": 0, "images_seen": 0, "train_s": 0.0, "knn_acc": knn0,
-                   "val_majority_rate": majority_rate(s.train_split.labels, s.val_split.labels)})
+                   "val_majority_rate": majority_rate(s.train_split.labels, s.val_split.labels),
+                   **_confidence(cfg, models, dataset, device)})
 
     # ---- the game
     models.objective.train()
@@ -163,11 +167,16 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
             row["knn_acc"] = knn_eval(cfg, models.backbone, bank, s.val_split,
                                       dataset.num_classes, dataset, device)
         picture = main and _due(cfg.train.picture_every, done, cfg.train.epochs)
+        if models.masker is not None and main and cfg.masking.mode not in TOKEN_MODES:
+            masks = predict_masks(models.masker, dataset.val.images[:CONFIDENCE_IMAGES],
+                                  dataset.mean, dataset.std, device)
+            row["mask_confidence"] = mask_confidence(masks)
         if models.masker is not None and picture:
             shown = dataset.val.images[:8]
             masks = _picture_masks(cfg, models, shown, dataset, device)
+            truth = None if dataset.val.instances is None else dataset.val.instances[:8]
             mask_figure(shown, masks, run_dir / "masks" / f"epoch_{done:03d}.png",
-                        title=f"epoch {done}")
+                        title=f"epoch {done}", truth=truth)
         log.write(row)
         say(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
         state = {"epoch": done, "objective": models.objective.state_dict(),
@@ -190,9 +199,11 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     # ---- the trained models and what they learned, measured on held-out data
     if not main:
         return run_dir
-    export_safetensors(models.backbone.state_dict(), run_dir / "encoder.safetensors")
+    export_safetensors(models.backbone.state_dict(), run_dir / "encoder.safetensors",
+                       metadata=encoder_metadata(cfg, models.backbone))
     if models.masker is not None:
-        export_safetensors(models.masker.state_dict(), run_dir / "masker.safetensors")
+        export_safetensors(models.masker.state_dict(), run_dir / "masker.safetensors",
+                           metadata=masker_metadata(cfg))
     summary = summarize(cfg, models, init, dataset, device, run_dir)
     summary.update(wall_s=time.time() - started, seed=cfg.seed, epochs=cfg.train.epochs,
                    steps=total_steps, run_dir=str(run_dir), peak_mem_mb=peak_memory_mb(device),
@@ -242,8 +253,19 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
                 summary[f"mask_mbo{suffix}"] = quality["mbo"]
                 summary[f"mask_image_variation{suffix}"] = image_variation(m)
                 summary[f"mask_image_variation_argmax{suffix}"] = image_variation(m, hard=True)
-            mask_figure(test.images[:8], masks[:8], run_dir / "masks.png", title="test scenes")
+            mask_figure(test.images[:8], masks[:8], run_dir / "masks.png", title="test scenes",
+                        truth=test.instances[:8], untrained=references["_untrained"][:8])
     return summary
+
+
+def _confidence(cfg: Config, models: Models, dataset: Dataset,
+                device: torch.device) -> dict[str, float]:
+    """The untrained masker's confidence, the start of the curve the report draws."""
+    if models.masker is None or cfg.masking.mode in TOKEN_MODES:  # token scores are no masks
+        return {}
+    masks = predict_masks(models.masker, dataset.val.images[:CONFIDENCE_IMAGES], dataset.mean,
+                          dataset.std, device)
+    return {"mask_confidence": mask_confidence(masks)}
 
 
 def _token_scores(models: Models, images: torch.Tensor, dataset: Dataset,

@@ -1,4 +1,4 @@
-"""Mask pictures: each image, its masks colour-coded, and the view each mask leaves visible.
+"""Mask pictures: each image, its objects, its masks (hard and soft), and what each mask leaves.
 
 The grid is assembled as one pixel array and drawn once, so a figure of 8 images with 6 masks
 takes a fraction of a second, and small images stay crisp (nearest-neighbour upscaling, drawn
@@ -80,34 +80,69 @@ def _atomic_savefig(figure: Figure, path: Path) -> None:
         raise
 
 
+def argmax_masks(masks: Tensor) -> Tensor:
+    """Hard masks: each pixel wholly given to its most likely mask, (B, N, H, W) -> same shape."""
+    return F.one_hot(masks.argmax(dim=1), masks.shape[1]).permute(0, 3, 1, 2).to(masks.dtype)
+
+
+def colour_instances(instances: Tensor) -> Tensor:
+    """(B, 3, H, W) picture of instance maps (B, H, W), 0 = background drawn black.
+
+    Objects take a palette unrelated to the mask colours: object k and mask k are not matched.
+    """
+    palette = matplotlib.colormaps["Set2"].colors
+    colours = torch.tensor([(0.0, 0.0, 0.0), *palette], dtype=torch.float32)[:, :3]
+    index = instances.long().cpu()
+    index = torch.where(index > 0, (index - 1) % (len(colours) - 1) + 1, index)
+    return colours[index].permute(0, 3, 1, 2)
+
+
 def mask_figure(
     images: Tensor,
     masks: Tensor,
     path: str | Path,
     max_images: int = 8,
     title: str | None = None,
+    *,
+    truth: Tensor | None = None,
+    untrained: Tensor | None = None,
 ) -> Path:
-    """Save a PNG grid: one row per image; columns image, colour-coded masks, image * (1 - m_n).
+    """Save a PNG grid: one row per image; columns image, [ground-truth objects], argmax masks
+    (for N > 1), soft masks, [the untrained masker's argmax masks], then image * (1 - m_n) for
+    each mask.
 
-    ``images`` are (B, 3, H, W) uint8 in 0-255 or float in [0, 1]; ``masks`` are soft masks
-    (B, N, H', W'), resized bilinearly to the images if needed. The masks column blends the mask
-    colours over a faded grey copy of the image; each masked view is framed and titled in its
-    mask's colour.
+    ``images`` are (B, 3, H, W) uint8 in 0-255 or float in [0, 1]; ``masks`` (and ``untrained``)
+    are soft masks (B, N, H', W'), resized bilinearly to the images if needed; ``truth`` are
+    instance maps (B, H, W), 0 = background. The soft column blends the mask colours over a faded
+    grey copy of the image by weight, the argmax columns show each pixel's most likely mask; each
+    masked view is framed and titled in its mask's colour.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = _as_float_images(images[:max_images])
-    masks = masks[:max_images].detach().cpu().float()
-    if masks.shape[-2:] != images.shape[-2:]:
-        masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def fitted(m: Tensor) -> Tensor:
+        m = m[:max_images].detach().cpu().float()
+        if m.shape[-2:] != images.shape[-2:]:
+            m = F.interpolate(m, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return m
+
+    masks = fitted(masks)
     n_masks = masks.shape[1]
     colours = mask_colours(n_masks)
 
     grey = images.mean(dim=1, keepdim=True).expand_as(images)
-    coded = 0.75 * colour_code(masks) + 0.25 * grey
+    columns: list[tuple[str, Tensor]] = [("image", images)]
+    if truth is not None:
+        columns.append(("objects", colour_instances(truth[:max_images])))
+    if n_masks > 1:  # one mask (a fixed scheme's, or hidden tokens) has no argmax to show
+        columns.append(("argmax", colour_code(argmax_masks(masks))))
+    columns.append(("soft masks", 0.75 * colour_code(masks) + 0.25 * grey))
+    if untrained is not None:
+        columns.append(("untrained", colour_code(argmax_masks(fitted(untrained)))))
     views = images.unsqueeze(1) * (1 - masks.unsqueeze(2))
-    tiles = torch.cat([images.unsqueeze(1), coded.unsqueeze(1), views], dim=1)
-    frames = torch.cat([torch.ones(2, 3), colours])
+    tiles = torch.cat([torch.stack([t for _, t in columns], dim=1), views], dim=1)
+    frames = torch.cat([torch.ones(len(columns), 3), colours])
     scale = math.ceil(_MIN_TILE_PX / min(images.shape[-2:]))
     grid = _tile_grid(tiles, frames, scale).numpy()
 
@@ -119,12 +154,11 @@ def mask_figure(
     axes.set_axis_off()
     column_width = width / tiles.shape[1]
     header_y = 1 - (top - _HEADER_PX / 2) / height
-    for column, label in enumerate(
-        ["image", "masks"] + [f"x·(1−m{n})" for n in range(1, n_masks + 1)]
-    ):
+    labels = [label for label, _ in columns] + [f"x·(1−m{n})" for n in range(1, n_masks + 1)]
+    for column, label in enumerate(labels):
         style = {"color": "black"}
-        if column >= 2:
-            colour = colours[column - 2]
+        if column >= len(columns):
+            colour = colours[column - len(columns)]
             luminance = float(colour @ torch.tensor([0.299, 0.587, 0.114]))
             style = {
                 "color": "black" if luminance > 0.55 else "white",

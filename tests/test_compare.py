@@ -140,6 +140,7 @@ def test_interrupted_grid_reruns_only_unfinished_cells_and_writes_tables(tmp_pat
         for c in (oracle0, oracle1)
     ]
     assert float(rows[1]["knn_mean"]) == pytest.approx(statistics.mean(knn))
+    assert float(rows[0]["chance_mean"]) == pytest.approx(1 / 5)  # five shapes
     assert float(rows[1]["knn_std"]) == pytest.approx(statistics.stdev(knn))
     markdown = (tmp_path / "results.md").read_text()
     assert (

@@ -21,6 +21,7 @@ LAYERS = [
     ["adios.distributed"],
     ["adios.masking"],
     ["adios.evaluation"],
+    ["adios.api"],  # the public API: models that describe themselves, the ADIOS parts
     ["adios.engine"],
     ["adios.train"],
     ["adios.bench", "adios.bench_step", "adios.compare"],  # the commands that train

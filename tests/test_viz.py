@@ -7,7 +7,9 @@ from adios.viz import (
     _HEADER_PX,
     _PAD_PX,
     _TITLE_PX,
+    argmax_masks,
     colour_code,
+    colour_instances,
     mask_colours,
     mask_figure,
 )
@@ -53,9 +55,9 @@ def upscale(x, scale):
 
 
 def test_mask_figure_draws_image_masks_and_one_framed_view_per_mask(tmp_path):
-    """Pixel by pixel (to the PNG's 8 bits): 8 rows (max_images), columns image, colour-coded
-    masks over grey, then image * (1 - m_n) framed in mask n's colour; 32 px tiles are scaled
-    by 3 (the smallest factor reaching 96 px), nearest-neighbour."""
+    """Pixel by pixel (to the PNG's 8 bits): 8 rows (max_images), columns image, argmax masks,
+    colour-coded soft masks over grey, then image * (1 - m_n) framed in mask n's colour; 32 px
+    tiles are scaled by 3 (the smallest factor reaching 96 px), nearest-neighbour."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (10, 3, 32, 32), generator=generator, dtype=torch.uint8)
     masks = torch.rand(10, 6, 32, 32, generator=generator).softmax(dim=1)
@@ -63,7 +65,7 @@ def test_mask_figure_draws_image_masks_and_one_framed_view_per_mask(tmp_path):
     assert path == tmp_path / "figs" / "masks.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["masks.png"]  # no temporary files left
-    scale, rows, cols, top = 3, 8, 2 + 6, _HEADER_PX + _TITLE_PX
+    scale, rows, cols, top = 3, 8, 3 + 6, _HEADER_PX + _TITLE_PX
     cell = 32 * scale + 2 * _PAD_PX
     picture, cells, tiles = read_tiles(path, rows, cols, 32 * scale, top)
     assert picture.shape == (top + rows * cell, cols * cell, 3)
@@ -73,16 +75,18 @@ def test_mask_figure_draws_image_masks_and_one_framed_view_per_mask(tmp_path):
     expected = torch.cat(
         [
             shown[:, None],
+            colour_code(argmax_masks(masks[:8]))[:, None],
             (0.75 * colour_code(masks[:8]) + 0.25 * grey)[:, None],
             shown[:, None] * (1 - masks[:8, :, None]),
         ],
         dim=1,
     )
     torch.testing.assert_close(tiles, upscale(expected, scale), rtol=0, atol=1.01 / 255)
-    # the frame ring between padding and tile: white for the first two columns, mask colours after
+    # the frame ring between padding and tile: white for the first three columns, mask colours
+    # after
     inset = _PAD_PX - _FRAME_PX
     ring = cells[..., inset:_PAD_PX, inset:-inset]  # the top band of each frame
-    frames = torch.cat([torch.ones(2, 3), mask_colours(6)])
+    frames = torch.cat([torch.ones(3, 3), mask_colours(6)])
     torch.testing.assert_close(
         ring, frames[None, :, :, None, None].expand_as(ring), rtol=0, atol=1.01 / 255
     )
@@ -97,9 +101,42 @@ def test_mask_figure_accepts_float_images_and_replaces_existing_file(tmp_path):
     mask_figure(images, masks, path)
     assert path.read_bytes()[:4] == b"\x89PNG"
     scale = 6  # 16 px images upscaled to >= 96 px tiles
-    picture, _, tiles = read_tiles(path, 2, 2 + 3, 16 * scale, _HEADER_PX)  # no title
-    assert picture.shape == (_HEADER_PX + 2 * (96 + 2 * _PAD_PX), 5 * (96 + 2 * _PAD_PX), 3)
+    picture, _, tiles = read_tiles(path, 2, 3 + 3, 16 * scale, _HEADER_PX)  # no title
+    assert picture.shape == (_HEADER_PX + 2 * (96 + 2 * _PAD_PX), 6 * (96 + 2 * _PAD_PX), 3)
     torch.testing.assert_close(tiles[:, 0], upscale(images, scale), rtol=0, atol=1.01 / 255)
     full = torch.nn.functional.interpolate(masks, size=(16, 16), mode="bilinear")
     views = images[:, None] * (1 - full[:, :, None])
-    torch.testing.assert_close(tiles[:, 2:], upscale(views, scale), rtol=0, atol=1.01 / 255)
+    torch.testing.assert_close(tiles[:, 3:], upscale(views, scale), rtol=0, atol=1.01 / 255)
+
+
+def test_argmax_masks_give_each_pixel_to_its_largest_mask():
+    masks = torch.tensor([[0.5, 0.1], [0.3, 0.6], [0.2, 0.3]]).reshape(1, 3, 1, 2)
+    hard = argmax_masks(masks)
+    assert hard[0, :, 0, 0].tolist() == [1, 0, 0] and hard[0, :, 0, 1].tolist() == [0, 1, 0]
+
+
+def test_colour_instances_draws_background_black_and_objects_apart():
+    instances = torch.tensor([[[0, 1, 2, 3]]], dtype=torch.uint8)
+    picture = colour_instances(instances)[0, :, 0]  # (3, 4)
+    assert picture[:, 0].tolist() == [0, 0, 0]
+    objects = picture[:, 1:].T
+    assert (objects.sum(1) > 0.5).all() and torch.pdist(objects).min() > 0.1
+
+
+def test_mask_figure_adds_objects_and_untrained_columns(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    masks = torch.rand(4, 3, 32, 32, generator=generator).softmax(dim=1)
+    truth = torch.randint(0, 3, (4, 32, 32), generator=generator, dtype=torch.uint8)
+    plain = matplotlib.image.imread(mask_figure(images, masks, tmp_path / "a.png"))
+    full = matplotlib.image.imread(
+        mask_figure(images, masks, tmp_path / "b.png", truth=truth, untrained=masks.flip(1)))
+    cell = 96 + 2 * _PAD_PX  # upscaled 32 px tile and its padding
+    assert plain.shape[1] == cell * (1 + 2 + 3)  # image, argmax, soft, 3 views
+    assert full.shape[1] == cell * (1 + 4 + 3)  # + objects, untrained
+    assert plain.shape[0] == full.shape[0]
+    _, _, tiles = read_tiles(tmp_path / "b.png", 4, 8, 96, _HEADER_PX)
+    expected = torch.stack([colour_instances(truth), colour_code(argmax_masks(masks)),
+                            colour_code(argmax_masks(masks.flip(1)))], dim=1)
+    torch.testing.assert_close(tiles[:, [1, 2, 4]], upscale(expected, 3), rtol=0,
+                               atol=1.01 / 255)

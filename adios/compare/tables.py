@@ -78,6 +78,8 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
         "fg_ari_random": summary.get("mask_fg_ari_random"),
         "mbo_random": summary.get("mask_mbo_random"),
         "knn_random_init": summary.get("knn_acc_random_init"),
+        "chance": 1 / knn["dataset"]["num_classes"] if knn and knn.get("dataset", {}).get(
+            "num_classes") else None,
         "epochs": summary.get("epochs"),
         "train_min": summary["wall_s"] / 60 if "wall_s" in summary else None,
         "images_per_s": statistics.median(rates) if rates else None,
@@ -128,6 +130,7 @@ def collect(grid: Grid) -> list[dict[str, Any]]:
                     "fg_ari_random",
                     "mbo_random",
                     "knn_random_init",
+                    "chance",
                 ]:
                     row[f"{key}_mean"], row[f"{key}_std"], _ = _stats([r[key] for r in done])
                 rows.append(row)
@@ -267,8 +270,24 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     write_csv(path, rows, list(rows[0]) if rows else [])
 
 
+ACCURACY_KEYS = ("knn", "knn_k20", "linear")
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.mean(values) if values else None
+
+
 def bar_plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """One panel per (preset, metric): bars per scheme, one colour per objective, std bars."""
+    """results.png: :func:`bar_figure` saved."""
+    return save(bar_figure(rows), path)
+
+
+def bar_figure(rows: list[dict[str, Any]]) -> Figure:
+    """One panel per (preset, metric): a bar per scheme (a colour per objective) labelled with
+    its epochs; std over seeds only where a cell has two or more; the y axis zoomed to the bars
+    and the references: the untrained encoder (kNN) or random blob masks (mask metrics) dashed,
+    chance (1 / classes) dotted. Mask panels leave out the schemes without learned masks."""
     keys = [
         (k, t, p)
         for k, t, p in METRICS
@@ -276,32 +295,69 @@ def bar_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     ] or list(METRICS[:1])
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     objectives = list(dict.fromkeys(r["objective"] for r in rows))
-    figure = Figure(figsize=(3.6 * len(keys), 3.0 * len(presets)), layout="constrained")
+    figure = Figure(figsize=(3.6 * len(keys), 3.3 * len(presets)), layout="constrained")
     axes = figure.subplots(len(presets), len(keys), squeeze=False)
     width = 0.8 / len(objectives)
     for row_axes, preset in zip(axes, presets, strict=True):
+        in_preset = [r for r in rows if r["preset"] == preset]
         for ax, (key, title, style) in zip(row_axes, keys, strict=True):
             scale = 100 if style == "%" else 1
+            schemes = list(dict.fromkeys(r["scheme"] for r in in_preset
+                                         if key in ACCURACY_KEYS or r[f"{key}_mean"] is not None))
+            drawn: list[float] = []
             for j, objective in enumerate(objectives):
-                part = [r for r in rows if r["preset"] == preset and r["objective"] == objective]
-                means = [
-                    math.nan if r[f"{key}_mean"] is None else scale * r[f"{key}_mean"] for r in part
-                ]
-                stds = [scale * (r[f"{key}_std"] or 0) for r in part]
-                x = [i + (j - (len(objectives) - 1) / 2) * width for i in range(len(part))]
-                ax.bar(x, means, width, yerr=stds, capsize=2, label=objective)
-            schemes = [
-                r["scheme"]
-                for r in rows
-                if r["preset"] == preset and r["objective"] == objectives[0]
-            ]
+                part = {r["scheme"]: r for r in in_preset if r["objective"] == objective}
+                cells = [part.get(s) for s in schemes]
+                means = [math.nan if c is None or c[f"{key}_mean"] is None
+                         else scale * c[f"{key}_mean"] for c in cells]
+                stds = [scale * c[f"{key}_std"] if c is not None and len(c["seeds"]) >= 2
+                        and c[f"{key}_std"] is not None else math.nan for c in cells]
+                x = [i + (j - (len(objectives) - 1) / 2) * width for i in range(len(schemes))]
+                bars = ax.bar(x, means, width, zorder=2,
+                              label=objective if len(objectives) > 1 else None)
+                spread = [(xi, m, s) for xi, m, s in zip(x, means, stds, strict=True)
+                          if not math.isnan(s)]
+                if spread:
+                    sx, sm, ss = zip(*spread, strict=True)
+                    ax.errorbar(sx, sm, yerr=ss, fmt="none", ecolor="black", elinewidth=1,
+                                capsize=2, zorder=3)
+                epochs = ["" if c is None or c.get("epochs_mean") is None
+                          else f"{c['epochs_mean']:.0f} ep" for c in cells]
+                ax.bar_label(bars, epochs, label_type="center", fontsize=6, color="white",
+                             rotation=90)
+                drawn += [m + (0 if math.isnan(s) else s) for m, s in zip(means, stds,
+                                                                          strict=True)]
+                drawn += [m - (0 if math.isnan(s) else s) for m, s in zip(means, stds,
+                                                                          strict=True)]
+            references = []
+            if key in ("knn", "knn_k20"):
+                references.append(("untrained encoder (kNN k=20)", "--",
+                                   _mean_of(in_preset, "knn_random_init_mean")))
+            if key in ACCURACY_KEYS:
+                references.append(("chance", ":", _mean_of(in_preset, "chance_mean")))
+            if key in ("fg_ari", "mbo"):
+                references.append(("random blob masks", "--",
+                                   _mean_of(in_preset, f"{key}_random_mean")))
+            for label, line, value in references:
+                if value is not None:
+                    ax.axhline(scale * value, color="#444444", linestyle=line, linewidth=1,
+                               label=label, zorder=1)
+                    drawn.append(scale * value)
+            finite = [v for v in drawn if math.isfinite(v)]
+            if finite:
+                low, high = min(finite), max(finite)
+                pad = 0.15 * (high - low) or 0.05 * abs(high) or 1.0
+                ax.set_ylim(low - pad, high + pad)
             ax.set_xticks(range(len(schemes)), schemes, rotation=45, ha="right", fontsize=8)
             ax.set_title(f"{preset}\n{title}" if len(presets) > 1 else title, fontsize=9)
             ax.set_ylabel("%" if style == "%" else "")
-            ax.grid(axis="y", alpha=0.3)
-    if len(objectives) > 1:
-        axes[0, 0].legend(fontsize=8)
-    return save(figure, path)
+            ax.grid(axis="y", alpha=0.3, zorder=0)
+            ax.tick_params(axis="y", labelsize=8)
+            if references or len(objectives) > 1:
+                ax.legend(fontsize=6, frameon=True, framealpha=0.8, loc="lower left")
+    figure.text(0.0, 0.0, "bars: mean over seeds; error bars: std where >= 2 seeds; "
+                "ep: epochs each cell trained", fontsize=7, color="#555555")
+    return figure
 
 
 def machine() -> dict[str, Any]:

@@ -8,6 +8,7 @@ no pyplot state, no display needed.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,7 @@ def curve_panels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     candidates = [
         ("SSL loss", [("encoder loss", "loss"), ("masker's loss", "adv_loss")]),
         ("kNN top-1 (val, training monitor)", [("kNN", "knn_acc"), ("online probe", "probe_acc")]),
+        ("mask confidence (val): mean max-mask weight", [("confidence", "mask_confidence")]),
         ("mask sizes", [("mask_sizes", "mask_sizes")]),
         ("sparsity penalty", [("penalty", "penalty")]),
         ("learning rate", [("encoder lr", "lr")]),
@@ -173,6 +175,8 @@ def draw_curves(ax: Axes, rows: list[dict[str, Any]], panel: dict[str, Any]) -> 
         x, y = _series(rows, key)
         if not len(x):
             continue
+        if key == "mask_confidence":
+            _confidence_references(ax, rows, y)
         marker = "o" if len(x) <= 30 else None
         smoothed = _smooth(y, 5) if len(x) > 30 else y
         ax.plot(x, smoothed, label=label, marker=marker, markersize=3, linewidth=1.5)
@@ -182,6 +186,18 @@ def draw_curves(ax: Axes, rows: list[dict[str, Any]], panel: dict[str, Any]) -> 
     ax.grid(alpha=0.3)
     if len(ax.get_lines()) > 1:
         ax.legend(fontsize=7, frameon=False)
+
+
+def _confidence_references(ax: Axes, rows: list[dict[str, Any]], y: np.ndarray) -> None:
+    """Uniform masks score 1/N and hard ones 1: the two lines bracket what the curve means."""
+    n_masks = next((len(r["mask_sizes"]) for r in rows if isinstance(r.get("mask_sizes"), list)),
+                   None)
+    if n_masks:
+        ax.axhline(1 / n_masks, color="#7f7f7f", linestyle="--", linewidth=1,
+                   label=f"uniform (1/{n_masks})")
+    ax.axhline(1.0, color="#7f7f7f", linestyle=":", linewidth=1, label="hard masks")
+    low = min([float(y.min())] + ([1 / n_masks] if n_masks else []))
+    ax.set_ylim(max(0.0, low - 0.05), 1.02)
 
 
 def curves_figure(rows: list[dict[str, Any]], columns: int = 3) -> Figure | None:
@@ -195,3 +211,90 @@ def curves_figure(rows: list[dict[str, Any]], columns: int = 3) -> Figure | None
     for i, panel in enumerate(panels):
         draw_curves(figure.add_subplot(n_rows, columns, i + 1), rows, panel)
     return figure
+
+
+# ----------------------------------------------------------------------------- step benchmarks
+
+_STEP_ROW = re.compile(
+    r"^(none|adios-s|adios)\s+(\d+|-)\s+(\S+)\s+([\d.]+)\s+([\d.]+)\s+[\d.]+x\s+\S+\s+\S+\s+(\d+|-)$"
+)
+
+
+def parse_step_tables(text: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The ``adios bench step`` tables pasted into a document: (setting, rows) per table, the
+    setting being the precision and layout of its header line (e.g. "bf16, channels_last")."""
+    tables = []
+    for block in re.findall(r"```\n(preset .*?)```", text, flags=re.S):
+        header = block.splitlines()[0]
+        setting = re.search(r"batch \d+, (.*?);", header)
+        rows = []
+        for line in block.splitlines():
+            match = _STEP_ROW.match(line.strip())
+            if match:
+                masking, n, schedule, rate, seconds, peak = match.groups()
+                rows.append({"masking": masking, "n_masks": None if n == "-" else int(n),
+                             "schedule": None if schedule == "-" else schedule,
+                             "images_per_s": float(rate), "seconds_per_step": float(seconds),
+                             "peak_mem_mb": None if peak == "-" else float(peak)})
+        if rows and setting:
+            tables.append((setting.group(1), rows))
+    return tables
+
+
+def _step_label(row: dict[str, Any]) -> str:
+    if row["masking"] == "none":
+        return "plain SimCLR"
+    name = "ADIOS-s" if row["masking"] == "adios-s" else f"ADIOS N={row['n_masks']}"
+    return f"{name}, {row['schedule']}"
+
+
+def step_chart(tables: list[tuple[str, list[dict[str, Any]]]], path: str | Path,
+               title: str = "") -> Path:
+    """Images/s and peak memory per training-step configuration, one bar colour per setting."""
+    labels = list(dict.fromkeys(_step_label(r) for _, rows in tables for r in rows))
+    figure = Figure(figsize=(12, 0.42 * len(labels) * max(1, len(tables)) / 2 + 1.6),
+                    layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    height = 0.8 / len(tables)
+    for j, (setting, rows) in enumerate(tables):
+        by_label = {_step_label(r): r for r in rows}
+        y = [i + (j - (len(tables) - 1) / 2) * height for i in range(len(labels))]
+        for ax, key in zip(axes, ("images_per_s", "peak_mem_mb"), strict=True):
+            values = [by_label[k][key] if k in by_label and by_label[k][key] is not None
+                      else math.nan for k in labels]
+            bars = ax.barh(y, values, height, label=setting)
+            ax.bar_label(bars, fmt="%.0f" if key == "peak_mem_mb" else "%.1f", fontsize=6,
+                         padding=2)
+    axes[0].set_yticks(range(len(labels)), labels, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].set_xlabel("images/s (higher is faster)")
+    axes[1].set_xlabel("peak memory of the step, MB")
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(labelsize=8)
+    axes[0].legend(fontsize=8, frameon=False, loc="lower right")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return save(figure, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m adios.evaluation.figures bench DOC.md OUT.png``: chart the step tables of a
+    document (BENCHMARKS.md) from the numbers printed in it."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 3 or args[0] != "bench":
+        print("usage: python -m adios.evaluation.figures bench DOC.md OUT.png", file=sys.stderr)
+        return 2
+    tables = parse_step_tables(Path(args[1]).read_text())
+    if not tables:
+        print(f"{args[1]}: no `adios bench step` tables found", file=sys.stderr)
+        return 1
+    title = f"adios bench step, as printed in {Path(args[1]).name}"
+    print(step_chart(tables, args[2], title=title))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from adios.checkpoint import read_json
 from adios.config import read_yaml
+from adios.data.datasets import SCENE_COUNTS
 from adios.errors import RunDirError
 from adios.evaluation.figures import (
     curve_panels,
@@ -99,36 +100,53 @@ def _dataset_label(entry: dict[str, Any]) -> str:
     return str(data.get("name", "?"))
 
 
+def _split_counts(data: dict[str, Any]) -> str:
+    """train/val/test sizes as the run resolved them (null means a default, never "None")."""
+    counts = [data.get(f"num_{split}") for split in ("train", "val", "test")]
+    if data.get("name", "shapes") == "shapes":
+        counts = [default if n is None else n for n, default in zip(counts, SCENE_COUNTS,
+                                                                    strict=True)]
+        return "/".join(f"{n:,}" for n in counts) + " scenes"
+    words = [f"{counts[0]:,}" if counts[0] is not None else "all",
+             f"{counts[1]:,}" if counts[1] is not None else "10 % of train",
+             f"{counts[2]:,}" if counts[2] is not None else "all"]
+    return "/".join(words) + " images"
+
+
+def run_title(record: RunRecord) -> str:
+    """What the run is, from its configuration (a directory name says nothing reliable)."""
+    cfg = record.config
+    masking, objective = cfg.get("masking", {}), cfg.get("objective", {})
+    mode = masking.get("mode", "?")
+    method = {"adios": "ADIOS", "adios-s": "ADIOS-s", "none": "no masking"}.get(mode, mode)
+    if mode in ("adios", "adios-s"):
+        method += f" (N={cfg.get('masker', {}).get('n_masks')})"
+    name = objective.get("name", "?")
+    name = {"simclr": "SimCLR", "byol": "BYOL", "simsiam": "SimSiam"}.get(name, name)
+    return (f"{name} + {method} on {cfg.get('data', {}).get('name', '?')}, "
+            f"seed {cfg.get('seed', '?')} (preset {cfg.get('preset', '?')})")
+
+
 def run_description(record: RunRecord) -> list[tuple[str, str]]:
     cfg = record.config
     data, model = cfg.get("data", {}), cfg.get("model", {})
     masking, objective = cfg.get("masking", {}), cfg.get("objective", {})
+    optim = cfg.get("optim", {})
+    method = f"{objective.get('name', '?')} + masking={masking.get('mode', '?')}"
+    if masking.get("mode") in ("adios", "adios-s"):
+        method += (f" (N={cfg.get('masker', {}).get('n_masks')}, "
+                   f"alpha={masking.get('alpha_sparsity')})")
+    backbone = str(model.get("backbone", "?"))
+    if backbone == "resnet18":
+        backbone += f" width {model.get('width', '?')}"
     rows = [
-        ("preset", str(cfg.get("preset", "?"))),
-        (
-            "method",
-            f"{objective.get('name', '?')} + masking={masking.get('mode', '?')}"
-            + (
-                f" (N={cfg.get('masker', {}).get('n_masks')}, "
-                f"alpha={masking.get('alpha_sparsity')})"
-                if masking.get("mode") != "none"
-                else ""
-            ),
-        ),
-        ("backbone", f"{model.get('backbone', '?')} width {model.get('width', '?')}"),
-        (
-            "data",
-            f"{data.get('name', '?')} {data.get('image_size', '?')} px, "
-            f"{data.get('num_train', '?')}/{data.get('num_val', '?')}/"
-            f"{data.get('num_test', '?')} train/val/test (data seed {data.get('seed')})",
-        ),
-        (
-            "schedule",
-            f"{cfg.get('train', {}).get('epochs', '?')} epochs, batch "
-            f"{cfg.get('optim', {}).get('batch_size', '?')}, "
-            f"{cfg.get('optim', {}).get('name', '?')} lr {cfg.get('optim', {}).get('lr')}",
-        ),
-        ("seed", str(cfg.get("seed", "?"))),
+        ("method", method),
+        ("backbone", backbone),
+        ("data", f"{data.get('name', '?')} {data.get('image_size', '?')} px, "
+                 f"{_split_counts(data)} train/val/test (data seed {data.get('seed', 0)})"),
+        ("schedule", f"{cfg.get('train', {}).get('epochs', '?')} epochs, batch "
+                     f"{optim.get('batch_size', '?')}, {optim.get('name', '?')} lr "
+                     f"{optim.get('lr', '?')}"),
     ]
     if "wall_s" in record.summary:
         rows.append(("training time", f"{record.summary['wall_s'] / 60:.1f} min"))
@@ -432,11 +450,11 @@ def _table_html(table: Table) -> str:
 
 
 def render_html(record: RunRecord) -> str:
-    name = record.run_dir.resolve().name
+    name = run_title(record)
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>adios report: "
         f"{html.escape(name)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>ADIOS run report: {html.escape(name)}</h1>",
+        f"<h1>{html.escape(name)}</h1>",
         "<table>"
         + "".join(
             f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
@@ -545,8 +563,7 @@ def render_png(record: RunRecord, path: Path) -> Path:
     figure = Figure(figsize=(16, 1.3 + (3.2 if panels else 0) + body), layout="constrained")
     top, middle = figure.subfigures(2, 1, height_ratios=[1.3 + (3.2 if panels else 0), body])
 
-    name = record.run_dir.resolve().name
-    top.suptitle(f"ADIOS run report: {name}", fontsize=15, fontweight="bold", x=0.01, ha="left")
+    top.suptitle(run_title(record), fontsize=15, fontweight="bold", x=0.01, ha="left")
     description = "   |   ".join(f"{k}: {v}" for k, v in run_description(record))
     if panels:
         text_fig, curve_fig = top.subfigures(2, 1, height_ratios=[0.5, 3.2])

@@ -52,6 +52,15 @@ def mask_sizes(masks: Tensor) -> Tensor:
     return masks.mean(dim=(2, 3))
 
 
+def mask_confidence(masks: Tensor) -> float:
+    """Mean over pixels of the largest mask weight: 1/N for uniform masks, 1 for hard ones.
+
+    Mask sizes sit near 1/N from the first step, so they say little; this moves as the masker
+    commits each pixel to one mask.
+    """
+    return float(masks.amax(dim=1).mean())
+
+
 def penalty_term(masks: Tensor) -> Tensor:
     """Sum over masks of the batch-mean penalty, the quantity the masker pays for.
 

@@ -1,0 +1,198 @@
+"""The Python API: trained models that describe themselves, and the ADIOS parts for your own loop.
+
+An exported ``encoder.safetensors`` / ``masker.safetensors`` carries, in its safetensors header,
+everything needed to rebuild the module and feed it correctly (architecture, stem, width, image
+size, normalisation, preset, adios version), so :func:`load_encoder` needs nothing but the file.
+Header values are JSON strings, because safetensors metadata is ``dict[str, str]``.
+
+The building blocks re-exported here are the ones the trainer itself uses (docs/own-loop.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from adios.config import Config, load_config, to_dict
+from adios.data.augment import TwoViewAugment, ViewConfig, normalize
+from adios.masking.adios import (
+    frozen,
+    mask_confidence,
+    mask_sizes,
+    masked_copies,
+    one_mask_per_sample,
+    penalty_term,
+    siamese_loss,
+    sparsity_penalty,
+)
+from adios.models import OcclusionModel, ResNet18, build_backbone
+from adios.models.masker import build_masker
+from adios.objectives import build_objective
+
+ENCODER_FILE = "encoder.safetensors"
+MASKER_FILE = "masker.safetensors"
+FORMAT = 1  # bumped when the meaning of a metadata key changes
+
+
+class ModelFileError(ValueError):
+    """A weights file that cannot be turned into a module (no metadata, wrong kind, missing)."""
+
+
+def _version() -> str:
+    from adios import __version__
+
+    return __version__
+
+
+def _common(cfg: Config, kind: str) -> dict[str, Any]:
+    return {"format": FORMAT, "kind": kind, "image_size": cfg.data.image_size,
+            "mean": list(cfg.data.mean), "std": list(cfg.data.std), "preset": cfg.preset,
+            "dataset": cfg.data.name, "adios_version": _version(),
+            "config": to_dict(cfg)}  # the whole resolved configuration, as config.yaml holds it
+
+
+def _encode(values: dict[str, Any]) -> dict[str, str]:
+    return {key: json.dumps(value) for key, value in values.items()}
+
+
+def encoder_metadata(cfg: Config, backbone: nn.Module) -> dict[str, str]:
+    """Header of an exported encoder. The stem is read off the module, so ``stem=auto`` is
+    recorded as what it resolved to."""
+    values = _common(cfg, "encoder")
+    values.update(backbone=cfg.model.backbone, out_dim=int(backbone.out_dim))
+    if isinstance(backbone, ResNet18):
+        values.update(width=cfg.model.width,
+                      stem="cifar" if isinstance(backbone.maxpool, nn.Identity) else "imagenet")
+    else:  # a torchvision VisionTransformer
+        values.update(patch_size=int(backbone.patch_size))
+    return _encode(values)
+
+
+def masker_metadata(cfg: Config) -> dict[str, str]:
+    """Header of an exported masker: the masking mode and the masker's settings (the module
+    itself is rebuilt from the configuration, by the trainer's own build_masker)."""
+    values = _common(cfg, "masker")
+    m = cfg.masker
+    values.update(mode=cfg.masking.mode, n_masks=m.n_masks, fbase=m.fbase, norm=m.norm,
+                  blur_sigma=m.blur_sigma)
+    return _encode(values)
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The decoded adios metadata of a safetensors file; empty for a file written without it."""
+    with safe_open(str(path), framework="pt") as handle:
+        raw = handle.metadata() or {}
+    try:
+        return {key: json.loads(value) for key, value in sorted(raw.items())}
+    except json.JSONDecodeError as err:
+        raise ModelFileError(f"{path}: header metadata is not adios metadata ({err})") from None
+
+
+def _locate(path: str | Path, file_name: str, kind: str) -> tuple[Path, dict[str, Any]]:
+    """The weights file and its metadata; a run directory's config.yaml stands in for files
+    exported before metadata existed."""
+    path = Path(path)
+    run_dir = path if path.is_dir() else None
+    weights = path / file_name if run_dir else path
+    if not weights.is_file():
+        raise ModelFileError(f"{weights}: no such file" + (
+            " (the run has not finished, or it trained no masker)" if run_dir else ""))
+    meta = read_metadata(weights)
+    if not meta:
+        config = run_dir / "config.yaml" if run_dir else None
+        if config is None or not config.is_file():
+            raise ModelFileError(
+                f"{weights} carries no adios metadata (exported by an older version); pass its "
+                f"run directory, whose config.yaml describes the model, instead of the file")
+        cfg = load_config([], base=yaml.safe_load(config.read_text()))
+        if kind == "encoder":
+            backbone = build_backbone(cfg.model.backbone, cfg.data.image_size,
+                                      width=cfg.model.width, stem=cfg.model.stem)
+            raw = encoder_metadata(cfg, backbone)
+        else:
+            raw = masker_metadata(cfg)
+        meta = {key: json.loads(value) for key, value in sorted(raw.items())}
+        meta["adios_version"] = None  # unknown: the file predates the header
+    if meta.get("kind") != kind:
+        raise ModelFileError(f"{weights} holds a {meta.get('kind')!r}, not an {kind}")
+    return weights, meta
+
+
+def _encoder_module(meta: dict[str, Any]) -> nn.Module:
+    """torchvision's ResNet-18 at width 64 (conv1/maxpool replaced for the CIFAR stem); at other
+    widths, which torchvision cannot build, adios's ResNet18 (torchvision's blocks and module
+    names); the ViTs are torchvision VisionTransformers."""
+    if meta["backbone"] == "resnet18" and meta["width"] == 64:
+        module = torchvision.models.resnet18(weights=None)
+        module.fc = nn.Identity()
+        if meta["stem"] == "cifar":
+            module.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            module.maxpool = nn.Identity()
+        module.out_dim = 512
+        return module
+    if meta["backbone"] == "resnet18":
+        return build_backbone("resnet18", meta["image_size"], width=meta["width"],
+                              stem=meta["stem"])
+    return build_backbone(meta["backbone"], meta["image_size"])
+
+
+def load_encoder(path_or_run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A trained encoder in eval mode, mapping normalised images (B, 3, S, S) to features
+    (B, out_dim); ``module.adios_metadata`` says S, the mean/std to normalise with, and more."""
+    weights, meta = _locate(path_or_run_dir, ENCODER_FILE, "encoder")
+    module = _encoder_module(meta)
+    module.load_state_dict(load_file(str(weights)))
+    module.adios_metadata = meta
+    return module.to(device).eval()
+
+
+def load_masker(path_or_run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A trained masker in eval mode: for ADIOS, normalised images -> N soft masks summing to 1
+    (for token-adios, the token masker's patch scores)."""
+    weights, meta = _locate(path_or_run_dir, MASKER_FILE, "masker")
+    module = build_masker(load_config([], base=meta["config"]))
+    module.load_state_dict(load_file(str(weights)))
+    module.adios_metadata = meta
+    return module.to(device).eval()
+
+
+def preprocess(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, 3, S, S) of the module's size, normalised as it was trained."""
+    meta = module.adios_metadata
+    size = meta["image_size"]
+    if images.dtype != torch.uint8 or tuple(images.shape[-2:]) != (size, size):
+        raise ValueError(f"expected uint8 images of {size}x{size} px, got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    return normalize(images.to(next(module.parameters()).device), meta["mean"], meta["std"])
+
+
+__all__ = [
+    "ModelFileError",
+    "OcclusionModel",
+    "TwoViewAugment",
+    "ViewConfig",
+    "build_backbone",
+    "build_objective",
+    "encoder_metadata",
+    "frozen",
+    "load_encoder",
+    "load_masker",
+    "mask_confidence",
+    "mask_sizes",
+    "masked_copies",
+    "masker_metadata",
+    "one_mask_per_sample",
+    "penalty_term",
+    "preprocess",
+    "read_metadata",
+    "siamese_loss",
+    "sparsity_penalty",
+]

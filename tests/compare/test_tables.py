@@ -1,0 +1,60 @@
+"""results.png: a zoomed axis, reference lines, error bars only over seeds, epochs per cell."""
+
+import math
+
+import pytest
+
+from adios.compare.tables import METRICS, bar_figure
+
+
+def row(scheme, seeds, knn, std, fg_ari=None, epochs=5):
+    values = {f"{k}_{s}": None for k, _, _ in METRICS for s in ("mean", "std")}
+    values.update(knn_mean=knn, knn_std=std, knn_k20_mean=knn - 0.01, knn_k20_std=std,
+                  linear_mean=knn + 0.02, linear_std=std, fg_ari_mean=fg_ari,
+                  fg_ari_std=0.01 if fg_ari is not None and len(seeds) > 1 else None,
+                  epochs_mean=epochs)
+    return {"preset": "p", "objective": "simclr", "scheme": scheme, "seeds": seeds, "failed": 0,
+            "knn_random_init_mean": 0.30, "chance_mean": 0.2, "fg_ari_random_mean": 0.20,
+            "mbo_random_mean": None, **values}
+
+
+ROWS = [row("none", [0, 1], 0.36, 0.010, epochs=12), row("mae", [0], 0.34, None, epochs=9),
+        row("adios", [0, 1], 0.33, 0.015, fg_ari=0.31, epochs=3)]
+
+
+@pytest.fixture
+def panels():
+    figure = bar_figure(ROWS)
+    return {ax.get_title(): ax for ax in figure.axes}
+
+
+def test_error_bars_only_for_cells_with_two_seeds(panels):
+    ax = panels["kNN test (k, T chosen on val)"]
+    (bars,) = [c for c in ax.containers if c.__class__.__name__ == "ErrorbarContainer"]
+    segments = bars.lines[2][0].get_segments()
+    assert [round(s[0][0]) for s in segments] == [0, 2]  # none and adios, not mae (one seed)
+    assert [pytest.approx(s[1][1] - s[0][1]) for s in segments] == [2.0, 3.0]  # 2 std, in %
+
+
+def test_axis_is_zoomed_to_bars_and_references(panels):
+    ax = panels["kNN test (k, T chosen on val)"]
+    low, high = ax.get_ylim()
+    assert 15 < low < 20 and 37 < high < 42  # chance at 20 %, the best bar + std at 37 %
+    lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
+    assert lines["untrained encoder (kNN k=20)"] == pytest.approx(30)
+    assert lines["chance"] == pytest.approx(20)
+
+
+def test_epochs_are_written_on_the_bars(panels):
+    texts = [t.get_text() for t in panels["linear test (fast probe)"].texts]
+    assert texts == ["12 ep", "9 ep", "3 ep"]
+
+
+def test_mask_panels_show_only_schemes_with_masks(panels):
+    ax = panels["mask fg-ARI"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["adios"]
+    lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
+    assert lines["random blob masks"] == pytest.approx(0.20)
+    assert "mask mBO" not in panels  # no cell has mBO
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == [pytest.approx(0.31)] and not any(math.isnan(h) for h in heights)
