@@ -135,7 +135,7 @@ def _child(argv: list[str], env: dict[str, str], log: str) -> None:
     sys.stdout = sys.stderr = out = open(log, "a", buffering=1)  # noqa: SIM115
     os.dup2(out.fileno(), 1)
     os.dup2(out.fileno(), 2)
-    faulthandler.dump_traceback_later(50, exit=True, file=out)  # a hung child says where
+    faulthandler.dump_traceback_later(170, exit=True, file=out)  # a hung child says where
     torch.set_num_threads(1)
     sys.exit(main(argv))
 
@@ -186,7 +186,7 @@ def test_kill_9_at_random_moments_then_resume_ends_bit_identical(tmp_path, monke
         child = fork.Process(target=_child, args=(argv, env, str(log)))
         child.start()
         if i == KILLS:
-            child.join(timeout=60)
+            child.join(timeout=180)
             assert child.exitcode == 0, log.read_text()[-3000:]
             resumed += 1
             break
@@ -195,7 +195,7 @@ def test_kill_9_at_random_moments_then_resume_ends_bit_identical(tmp_path, monke
             child.join(timeout=rng.uniform(0, 0.6 * (total - saved_at[done])))
             if child.is_alive():
                 os.kill(child.pid, signal.SIGKILL)
-        child.join(timeout=60)
+        child.join(timeout=180)
         assert child.exitcode == -signal.SIGKILL, (i, env, log.read_text()[-3000:])
         kills += 1
         resumed += i > 0  # this resume ran, without an error, until it was killed

@@ -92,16 +92,10 @@ def test_docs_refer_to_nothing_outside_the_repository(path):
         assert target.is_relative_to(ROOT), f"{path.name}: {hit} leaves the repository"
 
 
-# written on other branches at the same time as the README's list of them; empty once merged
-PENDING: set[str] = set()
-
-
 def test_docs_links_point_at_files_that_exist():
     missing = []
     for path in DOCS:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
-            if target in PENDING and path.name == "README.md":
-                continue
             if not re.match(r"[a-z]+://|mailto:", target) and not (path.parent / target).exists():
                 missing.append(f"{path.name}: {target}")
     assert not missing, missing

@@ -227,7 +227,7 @@ def test_8_interrupts_say_which_checkpoint_is_intact_and_rerun_without_overwrite
     def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == stop_at[0]:
-            os.kill(os.getpid(), signum)  # SIGINT raises KeyboardInterrupt; SIGTERM the same
+            signal.raise_signal(signum)  # this thread: SIGINT raises KeyboardInterrupt, SIGTERM too
         return step(*args, **kwargs)
 
     monkeypatch.setattr(adios.engine, "train_step", interrupted)
