@@ -41,6 +41,18 @@ METRICS = (  # key, column title, format: "%" (percent, 1 decimal) or decimals
     ("images_per_s", "img/s (train step)", 0),
 )
 BAR_KEYS = ("knn", "knn_k20", "linear", "fg_ari", "mbo")
+# learned masks against their references (summary.json): the untrained masker, random blobs,
+# and how much the masks change from image to image (0: the same pattern for every image)
+MASK_METRICS = (
+    ("fg_ari", "fg-ARI", 3),
+    ("fg_ari_untrained", "fg-ARI untrained", 3),
+    ("fg_ari_random", "fg-ARI random blobs", 3),
+    ("mbo", "mBO", 3),
+    ("mbo_untrained", "mBO untrained", 3),
+    ("mbo_random", "mBO random blobs", 3),
+    ("variation", "image variation (argmax)", 3),
+    ("variation_untrained", "image variation untrained", 3),
+)
 # the backgrounds test (eval_robustness.json): fast linear probe top-1 per variant, the gaps
 ROBUSTNESS_METRICS = (
     ("bg_original", "original", "%"),
@@ -77,6 +89,10 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
         "mbo": summary.get("mask_mbo"),
         "fg_ari_random": summary.get("mask_fg_ari_random"),
         "mbo_random": summary.get("mask_mbo_random"),
+        "fg_ari_untrained": summary.get("mask_fg_ari_untrained"),
+        "mbo_untrained": summary.get("mask_mbo_untrained"),
+        "variation": summary.get("mask_image_variation_argmax"),
+        "variation_untrained": summary.get("mask_image_variation_argmax_untrained"),
         "knn_random_init": summary.get("knn_acc_random_init"),
         "chance": 1 / knn["dataset"]["num_classes"] if knn and knn.get("dataset", {}).get(
             "num_classes") else None,
@@ -126,12 +142,8 @@ def collect(grid: Grid) -> list[dict[str, Any]]:
                     "failed": sum(r["failed"] for r in results),
                 }
                 done = [r for r in results if r["knn"] is not None]
-                for key in [m[0] for m in METRICS + ROBUSTNESS_METRICS] + [
-                    "fg_ari_random",
-                    "mbo_random",
-                    "knn_random_init",
-                    "chance",
-                ]:
+                keys = [m[0] for m in METRICS + ROBUSTNESS_METRICS + MASK_METRICS]
+                for key in dict.fromkeys([*keys, "knn_random_init", "chance"]):
                     row[f"{key}_mean"], row[f"{key}_std"], _ = _stats([r[key] for r in done])
                 rows.append(row)
     return rows
@@ -198,6 +210,16 @@ def write_tables(grid: Grid) -> list[Path]:
         part = [r for r in rows if r["preset"] == preset]
         lines += [f"## {preset}", "", markdown_table(part), ""]
         lines += [f"- {note}" for note in _references(part)] + [""]
+        if any(r["variation_mean"] is not None for r in part):
+            lines += [
+                "Learned masks on the test scenes (summary.json) against the same masker "
+                "untrained and random blobs; image variation: mean over masks and pixels of "
+                "the std over images of the argmax masks (0: one pattern for every image):",
+                "",
+                markdown_table([r for r in part if r["variation_mean"] is not None],
+                               MASK_METRICS),
+                "",
+            ]
         if any(r["bg_gap_mean"] is not None for r in part):
             lines += [
                 "Backgrounds test (adios eval robustness; fast linear probe test top-1 per "

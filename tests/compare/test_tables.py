@@ -58,3 +58,38 @@ def test_mask_panels_show_only_schemes_with_masks(panels):
     assert "mask mBO" not in panels  # no cell has mBO
     heights = [p.get_height() for p in ax.patches]
     assert heights == [pytest.approx(0.31)] and not any(math.isnan(h) for h in heights)
+
+
+def test_results_md_has_a_masks_table_with_references_and_image_variation(tmp_path):
+    """Two finished seeds of a learned-mask scheme: the masks table shows each metric's mean and
+    std over them beside its untrained and random-blob references; mask-free schemes stay out."""
+    import json
+
+    from adios.compare.grid import Cell, parse_grid
+    from adios.compare.tables import write_tables
+
+    grid = parse_grid({"preset": "shapes-simclr-adios", "schemes": ["none", "adios"],
+                       "objectives": ["simclr"], "seeds": [0, 1], "budget": {"epochs": 1}},
+                      "g.yaml", tmp_path)
+    knn = {"test": {"selected": {"top1": 0.3}, "k20_t0.1": {"top1": 0.3}},
+           "selected": {"k": 20}, "dataset": {"num_classes": 5}}
+    variation = {0: 0.30, 1: 0.40}
+    for scheme in ("none", "adios"):
+        for seed in (0, 1):
+            run = Cell("shapes-simclr-adios", "simclr", scheme, seed).run_dir(grid)
+            run.mkdir(parents=True)
+            (run / "eval_knn.json").write_text(json.dumps(knn))
+            summary = {} if scheme == "none" else {
+                "mask_fg_ari": 0.3, "mask_fg_ari_untrained": 0.1, "mask_fg_ari_random": 0.2,
+                "mask_mbo": 0.25, "mask_mbo_untrained": 0.15, "mask_mbo_random": 0.16,
+                "mask_image_variation_argmax": variation[seed],
+                "mask_image_variation_argmax_untrained": 0.27}
+            (run / "summary.json").write_text(json.dumps(summary))
+    write_tables(grid)
+    text = (tmp_path / "results.md").read_text()
+    table = text[text.index("image variation (argmax)") - 200:]
+    header, rows = table.splitlines()[2], table.splitlines()[4:]
+    assert "fg-ARI untrained" in header and "mBO random blobs" in header
+    assert rows[0].startswith("| adios | simclr | 0,1 |")
+    assert "| 0.350 ± 0.071 | 0.270 ± 0.000 |" in rows[0]  # mean ± std of 0.30, 0.40; 0.27 twice
+    assert not any(r.startswith("| none ") for r in rows if r.startswith("|"))

@@ -216,17 +216,19 @@ def test_adios_s_occludes_each_sample_of_an_odd_batch_by_its_drawn_mask(size):
     assert moved > 1e-3
 
 
+@pytest.mark.parametrize("bn_stats", ["mixed", "unmasked"])
 @pytest.mark.parametrize("objective", ["simclr", "byol", "simsiam"])
 @pytest.mark.parametrize("mode", ["adios", "adios-s"])
-def test_fast_schedule_equals_reference_after_three_steps(objective, mode):
-    """Same parameter updates, to float64 round-off: the fast path is the same computation.
+def test_fast_schedule_equals_reference_after_three_steps(objective, mode, bn_stats):
+    """Same parameter updates and running statistics, to float64 round-off, under both
+    batch-norm policies: the fast path is the same computation.
 
     (The float32 version is the next test: with ReLU networks float32 needs a smooth stand-in.)
     """
     results = []
     for schedule in ("reference", "fast"):
         cfg, models = tiny(f"masking.mode={mode}", f"masking.schedule={schedule}",
-                           objective=objective)
+                           f"train.bn_stats={bn_stats}", objective=objective)
         models.objective.double()
         models.masker.double()
         models.probe.double()
@@ -346,7 +348,8 @@ def test_single_pass_moves_each_player_by_its_own_gradient(mode):
     here independently of the training step (float64, so the comparison is tight)."""
     cfg, models = tiny(f"masking.mode={mode}", "masking.schedule=single-pass", "optim.name=sgd",
                        "optim.momentum=0", "optim.weight_decay=0", "optim.lr=0.05",
-                       "optim.mask_lr=0.2", "masking.alpha_sparsity=0.5")
+                       "optim.mask_lr=0.2", "masking.alpha_sparsity=0.5",
+                       "train.bn_stats=mixed")  # the twin below updates them on every pass
     for module in (models.objective, models.masker, models.probe):
         module.double()
     encoder_opt, masker_opt = build_optimizers(cfg, models)
