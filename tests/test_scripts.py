@@ -44,3 +44,37 @@ def test_gpu_curves_grid_is_the_short_bf16_version_of_the_cpu_grid():
 def test_gpu_curves_refuses_a_folder_without_splits(tmp_path):
     result = run_script(str(tmp_path))
     assert result.returncode == 2 and "no train/ and test/" in result.stderr
+
+
+def test_masks_side_by_side_crops_the_panels_of_a_training_picture(tmp_path):
+    """The panels found in a mask_figure picture are its image and argmax columns, pixel for
+    pixel (checked on images with one flat colour each), and the composite is written."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from adios.viz import mask_figure
+
+    script = ROOT / "scripts" / "masks_side_by_side.py"
+    spec = importlib.util.spec_from_file_location("side", script)
+    side = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(side)
+    colours = torch.tensor([[200, 30, 30], [30, 200, 30], [30, 30, 200]], dtype=torch.uint8)
+    images = colours[:, :, None, None].expand(3, 3, 32, 32).contiguous()
+    masks = torch.zeros(3, 2, 32, 32)
+    masks[:, 0, :, :16], masks[:, 1, :, 16:] = 1, 1  # left half mask 1, right half mask 2
+    truth = torch.zeros(3, 32, 32, dtype=torch.long)
+    run = tmp_path / "run"
+    mask_figure(images, masks, run / "masks.png", truth=truth, untrained=masks)
+    grid = side.panels(run / "masks.png")
+    assert grid.shape[:2] == (3, 5 + 2)  # image, objects, argmax, soft, untrained, 2 views
+    for i, colour in enumerate(colours.numpy()):
+        centre = grid[i, 0][10:-10, 10:-10].reshape(-1, 3)
+        assert np.abs(centre.astype(int) - colour).max() <= 2  # the image panel
+    argmax = grid[0, 2].astype(int)
+    left, right = argmax[10:-10, 5:10].reshape(-1, 3), argmax[10:-10, -10:-5].reshape(-1, 3)
+    assert (left.std(0) < 3).all() and (right.std(0) < 3).all()  # two flat halves ...
+    assert np.abs(left.mean(0) - right.mean(0)).max() > 30  # ... in different colours
+    out = tmp_path / "side.png"
+    assert side.main([str(out), f"a={run}", f"b={run}"]) == 0 and out.stat().st_size > 1000
