@@ -56,6 +56,7 @@ def grid_document(**changes):
         ({"seeds": [0, -1]}, "seeds: expected a non-empty list"),
         ({"presets": ["nope"]}, "give either preset"),
         ({"objectives": ["moco"]}, "objectives: unknown ['moco']"),
+        ({"objectives": ["mae"]}, "mae reconstructs dropped tokens and needs token schemes"),
         ({"colour": 1}, "grid: unknown keys ['colour']"),
     ],
 )
@@ -154,6 +155,45 @@ def test_interrupted_grid_reruns_only_unfinished_cells_and_writes_tables(tmp_pat
     (none1.run_dir(grid) / "eval_knn.json").unlink()
     with pytest.raises(RunDirError, match="another configuration"):
         run_grid(changed, say=lambda msg: None)
+
+
+def test_token_modes_are_grid_schemes_with_a_hidden_patch_table(tmp_path):
+    """token-random and token-adios run as cells like any scheme; results.md carries the share
+    of hidden patches on objects for both, from the cells' summaries."""
+    tokens = {
+        "data.num_train": 16,
+        "data.num_val": 8,
+        "data.num_test": 16,
+        "optim.batch_size": 8,
+        "train.knn_bank": 16,
+        "train.progress": False,
+        "train.device": "cpu",
+        "train.threads": 1,
+        "train.picture_every": 0,
+        "objective.proj_hidden": 32,
+        "objective.proj_out": 16,
+    }
+    grid = parse_grid(
+        {
+            "preset": "shapes-vit-simclr-token-adios",
+            "schemes": ["token-random", "token-adios"],
+            "objectives": ["simclr"],
+            "seeds": [0],
+            "budget": {"epochs": 1},
+            "overrides": tokens,
+        },
+        "g.yaml",
+        tmp_path,
+    )
+    random_cell, learned_cell = cells(grid)
+    assert cell_config(grid, learned_cell, 1).masking.mode == "token-adios"
+    assert set(run_grid(grid, say=lambda msg: None).values()) == {"trained"}
+    markdown = (tmp_path / "results.md").read_text()
+    table = markdown[markdown.index("hidden on objects (draws)") - 200 :].splitlines()
+    for cell in (random_cell, learned_cell):
+        summary = json.loads((cell.run_dir(grid) / "summary.json").read_text())
+        row = next(line for line in table if line.startswith(f"| {cell.scheme} |"))
+        assert f"| {100 * summary['token_hidden_on_objects']:.1f} |" in row
 
 
 def test_cli_dry_run_lists_cell_states(tmp_path, capsys):

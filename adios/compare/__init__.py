@@ -9,8 +9,8 @@ chosen on val; test scored once)::
     description: what the grid is for
     output: runs/compare/NAME          # default: runs/compare/<grid file name>
     presets: [shapes-simclr-adios]     # or preset: NAME
-    schemes: [none, mae, beit, rectangles, oracle, adios-s, adios]
-    objectives: [simclr]
+    schemes: [none, mae, beit, rectangles, oracle, adios-s, adios]   # or token-random, token-adios
+    objectives: [simclr]               # byol, simsiam; mae with token schemes only
     seeds: [0, 1, 2]
     budget: {epochs: 20}               # or {minutes: 5}: training time per cell
     overrides: {train.threads: 2}      # every cell (a mapping, or a list of KEY=VALUE)

@@ -10,8 +10,13 @@ from typing import Any
 
 from adios.config import Config, ConfigError, load_config, preset_names, read_yaml
 from adios.masking.schemes import SCHEMES
+from adios.masking.tokens import TOKEN_MODES
 from adios.objectives import OBJECTIVES
 
+# what a grid's ``schemes`` may name: the pixel schemes and the token-dropping modes
+GRID_SCHEMES = (*SCHEMES, *TOKEN_MODES)
+# and ``objectives``: the siamese ones and MAE reconstruction (token modes only)
+GRID_OBJECTIVES = (*OBJECTIVES, "mae")
 GRID_KEYS = (
     "description",
     "output",
@@ -131,11 +136,22 @@ def parse_grid(data: Any, source: str = "", output: Path | None = None) -> Grid:
     if minutes is not None and (not isinstance(minutes, int | float) or minutes <= 0):
         raise ConfigError("budget.minutes: expected a positive number")
     per = {}
-    for key, allowed in (("scheme_overrides", SCHEMES), ("objective_overrides", OBJECTIVES)):
+    for key, allowed in (
+        ("scheme_overrides", GRID_SCHEMES),
+        ("objective_overrides", GRID_OBJECTIVES),
+    ):
         mapping = data.get(key) or {}
         if not isinstance(mapping, dict) or not set(mapping) <= set(allowed):
             raise ConfigError(f"{key}: expected a mapping from {', '.join(allowed)} to overrides")
         per[key] = {name: _override_list(v, f"{key}.{name}") for name, v in mapping.items()}
+    schemes = _names(data, "schemes", GRID_SCHEMES)
+    objectives = _names(data, "objectives", GRID_OBJECTIVES)
+    pixel = [s for s in schemes if s not in TOKEN_MODES]
+    if "mae" in objectives and pixel:
+        raise ConfigError(
+            f"objectives: mae reconstructs dropped tokens and needs token schemes "
+            f"({', '.join(TOKEN_MODES)}); not {pixel}: put them in a grid of their own"
+        )
     name = Path(source).stem if source else "grid"
     curve_every = data.get("curve_every")
     if curve_every is not None and (
@@ -150,8 +166,8 @@ def parse_grid(data: Any, source: str = "", output: Path | None = None) -> Grid:
     return Grid(
         output=Path(output or data.get("output") or Path("runs") / "compare" / name),
         presets=presets,
-        schemes=_names(data, "schemes", SCHEMES),
-        objectives=_names(data, "objectives", list(OBJECTIVES)),
+        schemes=schemes,
+        objectives=objectives,
         seeds=seeds,
         epochs=epochs,
         minutes=None if minutes is None else float(minutes),

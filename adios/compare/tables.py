@@ -53,6 +53,13 @@ MASK_METRICS = (
     ("variation", "image variation (argmax)", 3),
     ("variation_untrained", "image variation untrained", 3),
 )
+# token modes on the scenes (summary.json): the share of the hidden patches' area on objects,
+# for the masker's sampled draws, its deterministic top-k, and uniformly random patches
+TOKEN_METRICS = (
+    ("token_hidden", "hidden on objects (draws)", "%"),
+    ("token_hidden_topk", "hidden on objects (top-k)", "%"),
+    ("token_hidden_random", "hidden on objects (random patches)", "%"),
+)
 # the backgrounds test (eval_robustness.json): fast linear probe top-1 per variant, the gaps
 ROBUSTNESS_METRICS = (
     ("bg_original", "original", "%"),
@@ -93,6 +100,9 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
         "mbo_untrained": summary.get("mask_mbo_untrained"),
         "variation": summary.get("mask_image_variation_argmax"),
         "variation_untrained": summary.get("mask_image_variation_argmax_untrained"),
+        "token_hidden": summary.get("token_hidden_on_objects"),
+        "token_hidden_topk": summary.get("token_hidden_on_objects_topk"),
+        "token_hidden_random": summary.get("token_hidden_on_objects_random"),
         "knn_random_init": summary.get("knn_acc_random_init"),
         "chance": 1 / knn["dataset"]["num_classes"] if knn and knn.get("dataset", {}).get(
             "num_classes") else None,
@@ -142,7 +152,7 @@ def collect(grid: Grid) -> list[dict[str, Any]]:
                     "failed": sum(r["failed"] for r in results),
                 }
                 done = [r for r in results if r["knn"] is not None]
-                keys = [m[0] for m in METRICS + ROBUSTNESS_METRICS + MASK_METRICS]
+                keys = [m[0] for m in METRICS + ROBUSTNESS_METRICS + MASK_METRICS + TOKEN_METRICS]
                 for key in dict.fromkeys([*keys, "knn_random_init", "chance"]):
                     row[f"{key}_mean"], row[f"{key}_std"], _ = _stats([r[key] for r in done])
                 rows.append(row)
@@ -218,6 +228,16 @@ def write_tables(grid: Grid) -> list[Path]:
                 "",
                 markdown_table([r for r in part if r["variation_mean"] is not None],
                                MASK_METRICS),
+                "",
+            ]
+        if any(r["token_hidden_mean"] is not None for r in part):
+            lines += [
+                "Where the hidden patches go on the test scenes (summary.json): the share of "
+                "the hidden patches' area that lies on objects, against uniformly random "
+                "patches at the same keep ratio:",
+                "",
+                markdown_table([r for r in part if r["token_hidden_mean"] is not None],
+                               TOKEN_METRICS),
                 "",
             ]
         if any(r["bg_gap_mean"] is not None for r in part):
