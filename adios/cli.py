@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="GRID | KEY=VALUE",
                    help="the grid file, and overrides for every cell (e.g. train.device=cuda)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: the grid's)")
+    p.add_argument("--seeds", metavar="LIST",
+                   help="run only these of the grid's seeds now, e.g. 0 or 1,2 (the tables "
+                   "still cover every seed that has finished)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true",
                       help="list the cells and their state (done, resume, ...) and stop")

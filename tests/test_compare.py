@@ -3,6 +3,7 @@
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +12,11 @@ from safetensors.torch import load_file
 from adios import compare
 from adios.checkpoint import RunDirError
 from adios.cli import main
-from adios.compare import Cell, cell_config, cells, parse_grid, run_grid
-from adios.config import ConfigError
+from adios.compare import Cell, cell_config, cells, load_grid, parse_grid, run_grid
+from adios.config import ConfigError, to_dict
 from adios.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "data.num_train": 32,
@@ -196,6 +199,22 @@ def test_token_modes_are_grid_schemes_with_a_hidden_patch_table(tmp_path):
         assert f"| {100 * summary['token_hidden_on_objects']:.1f} |" in row
 
 
+def test_seeds_option_runs_only_those_seeds_and_tables_keep_the_rest(tmp_path, capsys):
+    grid = parse_grid(grid_document(seeds=[0, 1]), "g.yaml", tmp_path)
+    statuses = run_grid(grid, say=lambda msg: None, seeds=[1])
+    assert sorted((c.scheme, c.seed) for c in statuses) == [("none", 1), ("oracle", 1)]
+    assert not any(c.run_dir(grid).exists() for c in cells(grid) if c.seed == 0)
+    with (tmp_path / "results.csv").open() as f:
+        assert [r["seeds"] for r in csv.DictReader(f)] == ["1", "1"]
+    path = tmp_path / "g.yaml"
+    path.write_text(json.dumps(grid_document(seeds=[0, 1])))
+    assert main(["compare", str(path), "--out", str(tmp_path), "--dry-run", "--seeds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.startswith("done") for line in lines)
+    assert main(["compare", str(path), "--out", str(tmp_path), "--seeds", "0,7"]) == 2
+    assert "[7] not among the grid's seeds [0, 1]" in capsys.readouterr().err
+
+
 def test_cli_dry_run_lists_cell_states(tmp_path, capsys):
     path = tmp_path / "g.yaml"
     path.write_text(json.dumps(grid_document(output=str(tmp_path / "out"))))
@@ -257,3 +276,31 @@ def test_curves_continue_without_gaps_or_duplicates_after_an_interrupted_cell(tm
     knn = json.loads((cell.run_dir(grid) / "eval_knn.json").read_text())["test"]["selected"]
     assert float(cell_row["knn_balanced"]) == pytest.approx(knn["balanced_accuracy"])
     assert float(cell_row["majority"]) == pytest.approx(knn["majority_rate"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "grids").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_grid_gives_valid_cell_configs(path):
+    grid = load_grid(path)
+    for cell in cells(grid):
+        cfg = cell_config(grid, cell, grid.epochs or 1, ["data.path=/nonexistent"])
+        assert (cfg.masking.mode, cfg.objective.name) == (cell.scheme, cell.objective)
+
+
+def test_token_grids_change_only_the_masking_between_cells():
+    """The equal-epoch token comparison: within a grid, cells differ in masking.mode alone
+    (and the seed), and each names its preset's token keep ratio."""
+    for name in ("tokens-scenes", "tokens-scenes-mae", "tokens-cifar10", "tokens-cifar10-mae"):
+        grid = load_grid(ROOT / "grids" / f"{name}.yaml")
+        configs = [cell_config(grid, c, grid.epochs, ["data.path=/d"]) for c in cells(grid)]
+        assert grid.seeds == [0, 1, 2] and "token-random" in grid.schemes
+        first = to_dict(configs[0])
+        for cfg in configs[1:]:
+            other = to_dict(cfg)
+            changed = {
+                f"{section}.{key}"
+                for section in first
+                if isinstance(first[section], dict)
+                for key in first[section]
+                if first[section][key] != other[section][key]
+            }
+            assert changed <= {"masking.mode", "run_dir"} and other["model"] == first["model"]

@@ -110,8 +110,11 @@ def main(args: Any) -> int:
         raise ConfigError("compare: give exactly one grid file")
     extra = [w for w in args.overrides if "=" in w]
     grid = load_grid(Path(paths[0]), args.out)
+    seeds = _seeds(args.seeds, grid) if getattr(args, "seeds", None) else None
     if args.dry_run:
         for cell in cells(grid):
+            if seeds is not None and cell.seed not in seeds:
+                continue
             cell_config(grid, cell, grid.epochs or 1, extra)
             print(f"{cell_state(cell.run_dir(grid), grid.evaluations):9s} {cell.run_dir(grid)}")
         return 0
@@ -122,5 +125,19 @@ def main(args: Any) -> int:
     words = ["adios", "compare", paths[0], *extra]
     if args.out:
         words += ["--out", str(args.out)]
-    run_grid(grid, extra, say=lambda msg: print(msg, flush=True), command=shlex.join(words))
+    run_grid(
+        grid, extra, say=lambda msg: print(msg, flush=True), command=shlex.join(words), seeds=seeds
+    )
     return 0
+
+
+def _seeds(text: str, grid: Grid) -> list[int]:
+    """``--seeds 0`` or ``1,2``: a subset of the grid's seeds."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected seeds like 0 or 1,2; got {text!r}") from None
+    outside = [s for s in seeds if s not in grid.seeds]
+    if not seeds or outside:
+        raise ConfigError(f"--seeds: {outside or text!r} not among the grid's seeds {grid.seeds}")
+    return seeds

@@ -107,10 +107,15 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
 
 
 def run_grid(
-    grid: Grid, extra: Sequence[str] = (), say: Callable[[str], None] = print, command: str = ""
+    grid: Grid,
+    extra: Sequence[str] = (),
+    say: Callable[[str], None] = print,
+    command: str = "",
+    seeds: Sequence[int] | None = None,
 ) -> dict[Cell, str]:
-    """Run every unfinished cell, rewriting the table after each; returns what each cell did."""
-    all_cells = cells(grid)
+    """Run every unfinished cell (of ``seeds`` only, if given: the tables still cover every
+    seed), rewriting the tables after each; returns what each cell did."""
+    all_cells = [c for c in cells(grid) if seeds is None or c.seed in seeds]
     for cell in all_cells:  # every cell's configuration is valid before anything runs
         cell_config(grid, cell, grid.epochs or 1, extra)
     grid.output.mkdir(parents=True, exist_ok=True)
