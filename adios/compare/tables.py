@@ -40,7 +40,7 @@ METRICS = (  # key, column title, format: "%" (percent, 1 decimal) or decimals
     ("train_min", "train + summary min", 1),
     ("images_per_s", "img/s (train step)", 0),
 )
-BAR_KEYS = ("knn", "knn_k20", "linear", "fg_ari", "mbo")
+BAR_KEYS = ("knn", "knn_k20", "linear", "fg_ari", "mbo", "bg_gap")
 # learned masks against their references (summary.json): the untrained masker, random blobs,
 # and how much the masks change from image to image (0: the same pattern for every image)
 MASK_METRICS = (
@@ -329,11 +329,12 @@ def bar_figure(rows: list[dict[str, Any]]) -> Figure:
     """One panel per (preset, metric): a bar per scheme (a colour per objective) labelled with
     its epochs; std over seeds only where a cell has two or more; the y axis zoomed to the bars
     and the references: the untrained encoder (kNN) or random blob masks (mask metrics) dashed,
-    chance (1 / classes) dotted. Mask panels leave out the schemes without learned masks."""
+    chance (1 / classes) dotted. Mask panels leave out the schemes without learned masks; with
+    the backgrounds test, a panel of its gap (mixed-same - mixed-rand) against zero."""
     keys = [
         (k, t, p)
-        for k, t, p in METRICS
-        if k in BAR_KEYS and any(r[f"{k}_mean"] is not None for r in rows)
+        for k, t, p in METRICS + ROBUSTNESS_METRICS
+        if k in BAR_KEYS and any(r.get(f"{k}_mean") is not None for r in rows)
     ] or list(METRICS[:1])
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     objectives = list(dict.fromkeys(r["objective"] for r in rows))
@@ -380,6 +381,8 @@ def bar_figure(rows: list[dict[str, Any]]) -> Figure:
             if key in ("fg_ari", "mbo"):
                 references.append(("random blob masks", "--",
                                    _mean_of(in_preset, f"{key}_random_mean")))
+            if key == "bg_gap":
+                references.append(("no reliance on the background", "-", 0.0))
             for label, line, value in references:
                 if value is not None:
                     ax.axhline(scale * value, color="#444444", linestyle=line, linewidth=1,

@@ -60,6 +60,16 @@ def test_mask_panels_show_only_schemes_with_masks(panels):
     assert heights == [pytest.approx(0.31)] and not any(math.isnan(h) for h in heights)
 
 
+def test_backgrounds_gap_gets_a_panel_against_zero():
+    rows = [dict(r, bg_gap_mean=gap, bg_gap_std=0.02 if len(r["seeds"]) > 1 else None)
+            for r, gap in zip(ROWS, (0.10, 0.06, -0.01), strict=True)]
+    ax = {a.get_title(): a for a in bar_figure(rows).axes}["gap (same - rand)"]
+    assert [p.get_height() for p in ax.patches] == pytest.approx([10.0, 6.0, -1.0])
+    assert any(list(line.get_ydata()) == [0.0, 0.0] for line in ax.get_lines())
+    assert "no reliance on the background" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "gap (same - rand)" not in {a.get_title() for a in bar_figure(ROWS).axes}
+
+
 def test_results_md_has_a_masks_table_with_references_and_image_variation(tmp_path):
     """Two finished seeds of a learned-mask scheme: the masks table shows each metric's mean and
     std over them beside its untrained and random-blob references; mask-free schemes stay out."""
