@@ -159,7 +159,8 @@ def budget_table(
     """Markdown tables (one per preset) of val kNN at fixed images seen and at equal wall-clock.
 
     Equal wall-clock is the training time of the scheme that finished first (the cheapest at
-    equal epochs); each cell shows the last evaluation point at or before the budget.
+    equal epochs); each cell shows the last evaluation point at or before the budget, and in
+    the wall-clock column the epoch of that point.
     """
     curves = mean_curves(rows)
     lines: list[str] = []
@@ -187,7 +188,10 @@ def budget_table(
                     continue
                 std = point["knn_val_std"]
                 text = f"{100 * point['knn_val']:.1f}"
-                cells.append(f"{text} ± {100 * std:.1f}" if std is not None else text)
+                text = f"{text} ± {100 * std:.1f}" if std is not None else text
+                if x_key == "train_s":  # a costly scheme may be at epoch 0: its untrained encoder
+                    text += f" (epoch {point['epoch']})"
+                cells.append(text)
             cells.append(str(points[-1]["epoch"]))
             lines.append("| " + " | ".join([scheme, objective, *cells]) + " |")
         lines.append("")

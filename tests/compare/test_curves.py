@@ -73,4 +73,4 @@ def test_budget_table_reads_the_last_point_before_each_budget_and_equal_wallcloc
     # none at 150 images: epoch 1 (100 images) -> 10.0; at 300: epoch 3 -> 30.0; 1000: not reached
     assert by_scheme["none"][2:5] == ["10.0", "30.0", "–"]
     # equal wall-clock = none's 30 s: adios had done epoch 0 only (40 s per epoch) -> 0.0
-    assert by_scheme["adios"][5] == "0.0" and by_scheme["none"][5] == "30.0"
+    assert by_scheme["adios"][5] == "0.0 (epoch 0)" and by_scheme["none"][5] == "30.0 (epoch 3)"
