@@ -112,9 +112,7 @@ def main(args: Any) -> int:
     grid = load_grid(Path(paths[0]), args.out)
     seeds = _seeds(args.seeds, grid) if getattr(args, "seeds", None) else None
     if args.dry_run:
-        for cell in cells(grid):
-            if seeds is not None and cell.seed not in seeds:
-                continue
+        for cell in cells(grid, seeds):
             cell_config(grid, cell, grid.epochs or 1, extra)
             print(f"{cell_state(cell.run_dir(grid), grid.evaluations):9s} {cell.run_dir(grid)}")
         return 0

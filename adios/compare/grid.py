@@ -188,14 +188,16 @@ def load_grid(path: Path, output: Path | None = None) -> Grid:
     return parse_grid(read_yaml(path, "grid file"), str(path), output)
 
 
-def cells(grid: Grid) -> list[Cell]:
-    """Every combination, seeds innermost: an interrupted grid has whole groups first."""
+def cells(grid: Grid, seeds: Sequence[int] | None = None) -> list[Cell]:
+    """Every combination (of ``seeds`` only, if given), seeds innermost: an interrupted grid
+    has whole groups first."""
     return [
         Cell(p, o, s, seed)
         for p in grid.presets
         for o in grid.objectives
         for s in grid.schemes
         for seed in grid.seeds
+        if seeds is None or seed in seeds
     ]
 
 

@@ -115,7 +115,7 @@ def run_grid(
 ) -> dict[Cell, str]:
     """Run every unfinished cell (of ``seeds`` only, if given: the tables still cover every
     seed), rewriting the tables after each; returns what each cell did."""
-    all_cells = [c for c in cells(grid) if seeds is None or c.seed in seeds]
+    all_cells = cells(grid, seeds)
     for cell in all_cells:  # every cell's configuration is valid before anything runs
         cell_config(grid, cell, grid.epochs or 1, extra)
     grid.output.mkdir(parents=True, exist_ok=True)

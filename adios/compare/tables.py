@@ -70,6 +70,25 @@ ROBUSTNESS_METRICS = (
     ("bg_gap_knn", "kNN gap", "%"),
 )
 
+# results.md's tables after the main one, each shown when a row has its key: (key, introduction,
+# columns, whether only the rows with the key are listed)
+SECTIONS = (
+    ("variation",
+     "Learned masks on the test scenes (summary.json) against the same masker untrained and "
+     "random blobs; image variation: mean over masks and pixels of the std over images of the "
+     "argmax masks (0: one pattern for every image):",
+     MASK_METRICS, True),
+    ("token_hidden",
+     "Where the hidden patches go on the test scenes (summary.json): the share of the hidden "
+     "patches' area that lies on objects, against uniformly random patches at the same keep "
+     "ratio:",
+     TOKEN_METRICS, True),
+    ("bg_gap",
+     "Backgrounds test (adios eval robustness; fast linear probe test top-1 per variant, gap = "
+     "mixed-same - mixed-rand):",
+     ROBUSTNESS_METRICS, False),
+)
+
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -220,34 +239,10 @@ def write_tables(grid: Grid) -> list[Path]:
         part = [r for r in rows if r["preset"] == preset]
         lines += [f"## {preset}", "", markdown_table(part), ""]
         lines += [f"- {note}" for note in _references(part)] + [""]
-        if any(r["variation_mean"] is not None for r in part):
-            lines += [
-                "Learned masks on the test scenes (summary.json) against the same masker "
-                "untrained and random blobs; image variation: mean over masks and pixels of "
-                "the std over images of the argmax masks (0: one pattern for every image):",
-                "",
-                markdown_table([r for r in part if r["variation_mean"] is not None],
-                               MASK_METRICS),
-                "",
-            ]
-        if any(r["token_hidden_mean"] is not None for r in part):
-            lines += [
-                "Where the hidden patches go on the test scenes (summary.json): the share of "
-                "the hidden patches' area that lies on objects, against uniformly random "
-                "patches at the same keep ratio:",
-                "",
-                markdown_table([r for r in part if r["token_hidden_mean"] is not None],
-                               TOKEN_METRICS),
-                "",
-            ]
-        if any(r["bg_gap_mean"] is not None for r in part):
-            lines += [
-                "Backgrounds test (adios eval robustness; fast linear probe test top-1 per "
-                "variant, gap = mixed-same - mixed-rand):",
-                "",
-                markdown_table(part, ROBUSTNESS_METRICS),
-                "",
-            ]
+        for present, intro, metrics, only_present in SECTIONS:
+            shown = [r for r in part if r[f"{present}_mean"] is not None]
+            if shown:
+                lines += [intro, "", markdown_table(shown if only_present else part, metrics), ""]
     curve_rows = write_curves(grid)
     if curve_rows:
         lines += [
