@@ -304,3 +304,19 @@ def test_token_grids_change_only_the_masking_between_cells():
                 if first[section][key] != other[section][key]
             }
             assert changed <= {"masking.mode", "run_dir"} and other["model"] == first["model"]
+
+
+def test_token_grids_pinned_bn_policy_has_nothing_to_act_on():
+    """The token grids pin train.bn_stats; the policy only routes the objective's batch-norm
+    buffer updates, and a ViT objective has none, so no cell depends on it (runs made under the
+    other policy are the same runs)."""
+    from adios.engine import build_models
+
+    for name in ("tokens-scenes", "tokens-scenes-mae", "tokens-cifar10", "tokens-cifar10-mae"):
+        grid = load_grid(ROOT / "grids" / f"{name}.yaml")
+        for cell in cells(grid, seeds=[0]):
+            cfg = cell_config(grid, cell, 1, ["data.path=/d", "train.device=cpu"])
+            models = build_models(cfg, num_classes=10, device=torch.device("cpu"))
+            norms = [m for m in models.objective.modules()
+                     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            assert norms == [] and list(models.objective.buffers()) == [], (name, cell.scheme)
