@@ -205,9 +205,12 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         export_safetensors(models.masker.state_dict(), run_dir / "masker.safetensors",
                            metadata=masker_metadata(cfg))
     summary = summarize(cfg, models, init, dataset, device, run_dir)
-    summary.update(wall_s=time.time() - started, seed=cfg.seed, epochs=cfg.train.epochs,
-                   steps=total_steps, run_dir=str(run_dir), peak_mem_mb=peak_memory_mb(device),
-                   processes=env.world_size, resumes=run.resumes)
+    # wall_s: this invocation only (a resumed run's earlier sessions are not in it); train_s:
+    # the seconds inside training steps over every session
+    summary.update(wall_s=time.time() - started, train_s=train_s, seed=cfg.seed,
+                   epochs=cfg.train.epochs, steps=total_steps, run_dir=str(run_dir),
+                   peak_mem_mb=peak_memory_mb(device), processes=env.world_size,
+                   resumes=run.resumes)
     write_json(summary, run_dir / "summary.json")
     log.close()
     run.release()

@@ -125,6 +125,8 @@ def test_interrupted_grid_reruns_only_unfinished_cells_and_writes_tables(tmp_pat
     # oracle seed 1 never started; none seed 0 finished
     cfg = cell_config(grid, oracle0, 2)
     train(cfg, overwrite=True, stop_after_epoch=1)
+    first_session_s = torch.load(oracle0.run_dir(grid) / "checkpoint.pt",
+                                 weights_only=True)["train_s"]
     (none1.run_dir(grid) / "eval_knn.json").unlink()
     for path in sorted(oracle1.run_dir(grid).rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
@@ -135,6 +137,13 @@ def test_interrupted_grid_reruns_only_unfinished_cells_and_writes_tables(tmp_pat
     assert (none0.run_dir(grid) / "summary.json").stat().st_mtime_ns == before
     resumed = load_file(oracle0.run_dir(grid) / "encoder.safetensors")
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)  # exact resume
+    # training time counts both sessions (wall_s is the resumed session's alone)
+    summary = json.loads((oracle0.run_dir(grid) / "summary.json").read_text())
+    assert summary["train_s"] > first_session_s > 0
+    with (tmp_path / "cells.csv").open() as f:
+        oracle0_row = next(r for r in csv.DictReader(f)
+                           if (r["scheme"], r["seed"]) == ("oracle", "0"))
+    assert float(oracle0_row["train_min"]) * 60 == pytest.approx(summary["train_s"])
 
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -37,7 +37,7 @@ METRICS = (  # key, column title, format: "%" (percent, 1 decimal) or decimals
     ("fg_ari", "mask fg-ARI", 3),
     ("mbo", "mask mBO", 3),
     ("epochs", "epochs", 0),
-    ("train_min", "train + summary min", 1),
+    ("train_min", "training-step min", 1),
     ("images_per_s", "img/s (train step)", 0),
 )
 BAR_KEYS = ("knn", "knn_k20", "linear", "fg_ari", "mbo", "bg_gap")
@@ -100,9 +100,12 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
     knn = _read_json(run_dir / "eval_knn.json")
     linear = _read_json(run_dir / "eval_linear_fast.json")
     backgrounds = _read_json(run_dir / EVALUATION_FILES["robustness"])
-    rates = []
+    rates, train_s = [], None
     if (run_dir / "metrics.jsonl").is_file():
-        rates = [r["images_per_s"] for r in read_metrics(run_dir) if "images_per_s" in r]
+        rows = read_metrics(run_dir)
+        rates = [r["images_per_s"] for r in rows if "images_per_s" in r]
+        # seconds inside the training steps, summed over every resume (the epoch rows carry it)
+        train_s = next((r["train_s"] for r in reversed(rows) if "train_s" in r), None)
     return {
         "knn": knn["test"]["selected"]["top1"] if knn else None,
         "knn_k": knn["selected"]["k"] if knn else None,
@@ -126,7 +129,7 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
         "chance": 1 / knn["dataset"]["num_classes"] if knn and knn.get("dataset", {}).get(
             "num_classes") else None,
         "epochs": summary.get("epochs"),
-        "train_min": summary["wall_s"] / 60 if "wall_s" in summary else None,
+        "train_min": train_s / 60 if train_s else None,
         "images_per_s": statistics.median(rates) if rates else None,
         "failed": (run_dir / "error.json").is_file(),
         **_robustness_results(backgrounds),

@@ -148,7 +148,9 @@ def run_description(record: RunRecord) -> list[tuple[str, str]]:
                      f"{optim.get('batch_size', '?')}, {optim.get('name', '?')} lr "
                      f"{optim.get('lr', '?')}"),
     ]
-    if "wall_s" in record.summary:
+    if "train_s" in record.summary:  # over every resume; wall_s is the last session's alone
+        rows.append(("training time", f"{record.summary['train_s'] / 60:.1f} min of steps"))
+    elif "wall_s" in record.summary:
         rows.append(("training time", f"{record.summary['wall_s'] / 60:.1f} min"))
     return rows
 
