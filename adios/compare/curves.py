@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,18 +155,22 @@ def value_at(points: Sequence[dict], x_key: str, budget: float) -> dict | None:
 def budget_table(
     rows: Sequence[dict[str, Any]],
     image_budgets: Sequence[int] = DEFAULT_IMAGE_BUDGETS,
+    finished: Collection[tuple[str, str, str]] | None = None,
 ) -> list[str]:
     """Markdown tables (one per preset) of val kNN at fixed images seen and at equal wall-clock.
 
     Equal wall-clock is the training time of the scheme that finished first (the cheapest at
-    equal epochs); each cell shows the last evaluation point at or before the budget, and in
-    the wall-clock column the epoch of that point.
+    equal epochs), among the (preset, objective, scheme) curves in ``finished`` (all, if None:
+    a curve still growing would set the budget at wherever it has got to); each cell shows the
+    last evaluation point at or before the budget, and in the wall-clock column the epoch of
+    that point.
     """
     curves = mean_curves(rows)
     lines: list[str] = []
     for preset in dict.fromkeys(k[0] for k in curves):
         part = {k: v for k, v in curves.items() if k[0] == preset}
-        finals = [v[-1]["train_s"] for v in part.values() if v[-1]["train_s"] is not None]
+        finals = [v[-1]["train_s"] for k, v in part.items()
+                  if v[-1]["train_s"] is not None and (finished is None or k in finished)]
         equal_s = min(finals) if finals else None
         budgets = [("images_seen", b, f"{b / 1e6:g}M images") for b in image_budgets]
         if equal_s:

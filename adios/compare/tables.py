@@ -254,7 +254,7 @@ def write_tables(grid: Grid) -> list[Path]:
             "Validation kNN of the training monitor (docs/curves.md), mean ± std over seeds, "
             "at the last evaluation point at or before each budget: curves.csv, curves.png.",
             "",
-            *budget_table(curve_rows),
+            *budget_table(curve_rows, finished=_finished_schemes(grid)),
         ]
     paths = [
         grid.output / "results.md",
@@ -282,6 +282,15 @@ def write_tables(grid: Grid) -> list[Path]:
     )
     bar_plot(rows, paths[3])
     return paths
+
+
+def _finished_schemes(grid: Grid) -> set[tuple[str, str, str]]:
+    """(preset, objective, scheme) whose every cell has trained (summary.json)."""
+    groups: dict[tuple[str, str, str], list[bool]] = {}
+    for c in cells(grid):
+        done = (c.run_dir(grid) / "summary.json").is_file()
+        groups.setdefault((c.preset, c.objective, c.scheme), []).append(done)
+    return {key for key, done in groups.items() if all(done)}
 
 
 def write_curves(grid: Grid) -> list[dict[str, Any]]:

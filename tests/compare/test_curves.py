@@ -74,3 +74,16 @@ def test_budget_table_reads_the_last_point_before_each_budget_and_equal_wallcloc
     assert by_scheme["none"][2:5] == ["10.0", "30.0", "–"]
     # equal wall-clock = none's 30 s: adios had done epoch 0 only (40 s per epoch) -> 0.0
     assert by_scheme["adios"][5] == "0.0 (epoch 0)" and by_scheme["none"][5] == "30.0 (epoch 3)"
+
+
+def test_equal_wallclock_waits_for_a_finished_scheme():
+    """A curve still running must not set the equal-time budget at wherever it has got to."""
+    rows = [row(e, knn=0.1 * e) for e in (0, 1, 2, 3)]  # none: finished, 30 s
+    rows += [row(e, scheme="adios", knn=0.2 * e, seconds=5.0 * e) for e in (0, 1)]  # running
+    finished = {("p", "simclr", "none")}
+    header = budget_table(rows, image_budgets=(100,), finished=finished)[2]
+    assert "0 min (equal wall-clock)" in header  # 30 s, none's, not adios's 5 s
+    by_scheme = {line.split(" | ")[0].strip("| "): line.split(" | ")
+                 for line in budget_table(rows, image_budgets=(100,), finished=finished)[4:6]}
+    assert by_scheme["none"][3] == "30.0 (epoch 3)"  # not epoch 0 at a 5 s budget
+    assert "equal wall-clock" not in budget_table(rows, image_budgets=(100,), finished=set())[2]
