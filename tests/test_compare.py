@@ -329,3 +329,26 @@ def test_token_grids_pinned_bn_policy_has_nothing_to_act_on():
             norms = [m for m in models.objective.modules()
                      if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
             assert norms == [] and list(models.objective.buffers()) == [], (name, cell.scheme)
+
+
+def test_training_eta_takes_each_schemes_pace_and_what_a_cell_has_done(tmp_path):
+    """none: 10 s per epoch; oracle: 40 s per epoch, its seed 0 one epoch of two in."""
+    from adios.compare.run import training_eta
+
+    grid = parse_grid(grid_document(), "g.yaml", tmp_path)
+    none0, none1, oracle0, oracle1 = cells(grid)
+
+    def log(cell, *rows):
+        cell.run_dir(grid).mkdir(parents=True)
+        lines = [json.dumps({"epoch": 0, "step": 0, "train_s": 0.0})]  # the untrained point
+        lines += [json.dumps({"epoch": e, "step": 2 * e, "loss": 1.0}) for e, _ in rows]
+        lines += [json.dumps({"epoch": e, "step": 2 * e, "train_s": s}) for e, s in rows]
+        (cell.run_dir(grid) / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    assert training_eta(grid, [none1, oracle1]) == ""  # nothing timed yet
+    log(none0, (1, 10.0), (2, 20.0))
+    assert training_eta(grid, [none1, oracle1]) == (
+        ", training ETA 20 s + 1 cell of schemes not timed yet")
+    log(oracle0, (1, 40.0))
+    # none1: 2 x 10 s; oracle0: 1 epoch left x 40 s; oracle1: 2 x 40 s
+    assert training_eta(grid, [none1, oracle0, oracle1]) == ", training ETA 2 min"

@@ -22,6 +22,7 @@ from adios.compare.grid import (
 )
 from adios.compare.tables import cell_results, machine, write_tables
 from adios.config import read_yaml, to_dict
+from adios.runlog import read_metrics
 
 # settings that do not change a cell's result: a rerun may change them
 FREE_KEYS = (
@@ -130,7 +131,9 @@ def run_grid(
     durations: list[float] = []
     for i, cell in enumerate(todo):
         left = len(todo) - i
-        if durations:
+        if grid.epochs is not None:
+            eta = training_eta(grid, todo[i:])
+        elif durations:
             eta = f", ETA {_duration(statistics.mean(durations) * left)}"
         elif grid.minutes is not None:
             eta = f", ETA about {_duration(grid.minutes * 60 * 1.2 * left)}"
@@ -148,6 +151,39 @@ def run_grid(
     paths = write_tables(grid)
     say("tables: " + ", ".join(str(p) for p in paths))
     return statuses
+
+
+def _pace(run_dir: Path) -> tuple[int, float | None]:
+    """Epochs a cell has trained and its seconds of training steps per epoch (None: no epoch
+    yet), from the epoch rows of its metrics.jsonl."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return 0, None
+    rows = [r for r in read_metrics(run_dir) if "train_s" in r and r.get("epoch", 0) > 0]
+    if not rows:
+        return 0, None
+    return rows[-1]["epoch"], rows[-1]["train_s"] / rows[-1]["epoch"]
+
+
+def training_eta(grid: Grid, todo: Sequence[Cell]) -> str:
+    """The training steps the unfinished cells of an equal-epoch grid still need, each at its
+    scheme's pace so far (schemes differ several-fold in cost, so one mean over cells would
+    not do); evaluations are not counted. Empty while no cell of those schemes has an epoch."""
+    paces: dict[tuple[str, str, str], list[float]] = {}
+    for c in cells(grid):
+        pace = _pace(c.run_dir(grid))[1]
+        if pace is not None:
+            paces.setdefault((c.preset, c.objective, c.scheme), []).append(pace)
+    seconds, untimed = 0.0, 0
+    for c in todo:
+        known = paces.get((c.preset, c.objective, c.scheme))
+        if known is None:
+            untimed += 1
+            continue
+        seconds += max(grid.epochs - _pace(c.run_dir(grid))[0], 0) * statistics.mean(known)
+    if untimed == len(todo):
+        return ""
+    more = f" + {untimed} cell{'s' * (untimed > 1)} of schemes not timed yet" if untimed else ""
+    return f", training ETA {_duration(seconds)}{more}"
 
 
 def _record(grid: Grid, extra: Sequence[str], command: str) -> None:
