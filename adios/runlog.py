@@ -90,6 +90,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def trained_so_far(rows: list[dict[str, Any]]) -> tuple[int, float]:
+    """(epochs done, seconds inside training steps over every session) from the last epoch row
+    of ``read_metrics`` (the training loop checkpoints both); (0, 0.0) before the first epoch."""
+    last = next((r for r in reversed(rows) if "train_s" in r and r.get("epoch", 0) > 0), None)
+    return (last["epoch"], last["train_s"]) if last else (0, 0.0)
+
+
 class NullLog:
     """The log of a process that does not write (all but process 0 under torchrun)."""
 

@@ -22,7 +22,7 @@ from adios.compare.grid import (
 )
 from adios.compare.tables import cell_results, machine, write_tables
 from adios.config import read_yaml, to_dict
-from adios.runlog import read_metrics
+from adios.runlog import read_metrics, trained_so_far
 
 # settings that do not change a cell's result: a rerun may change them
 FREE_KEYS = (
@@ -158,10 +158,8 @@ def _pace(run_dir: Path) -> tuple[int, float | None]:
     yet), from the epoch rows of its metrics.jsonl."""
     if not (run_dir / "metrics.jsonl").is_file():
         return 0, None
-    rows = [r for r in read_metrics(run_dir) if "train_s" in r and r.get("epoch", 0) > 0]
-    if not rows:
-        return 0, None
-    return rows[-1]["epoch"], rows[-1]["train_s"] / rows[-1]["epoch"]
+    epochs, seconds = trained_so_far(read_metrics(run_dir))
+    return epochs, seconds / epochs if epochs else None
 
 
 def training_eta(grid: Grid, todo: Sequence[Cell]) -> str:

@@ -25,7 +25,7 @@ from adios.compare.curves import (
 )
 from adios.compare.grid import EVALUATION_FILES, Cell, Grid, cells
 from adios.evaluation.figures import save
-from adios.runlog import read_metrics
+from adios.runlog import read_metrics, trained_so_far
 
 METRICS = (  # key, column title, format: "%" (percent, 1 decimal) or decimals
     ("knn", "kNN test (k, T chosen on val)", "%"),
@@ -104,8 +104,7 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
     if (run_dir / "metrics.jsonl").is_file():
         rows = read_metrics(run_dir)
         rates = [r["images_per_s"] for r in rows if "images_per_s" in r]
-        # seconds inside the training steps, summed over every resume (the epoch rows carry it)
-        train_s = next((r["train_s"] for r in reversed(rows) if "train_s" in r), None)
+        train_s = trained_so_far(rows)[1]
     return {
         "knn": knn["test"]["selected"]["top1"] if knn else None,
         "knn_k": knn["selected"]["k"] if knn else None,
