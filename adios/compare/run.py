@@ -166,9 +166,9 @@ def training_eta(grid: Grid, todo: Sequence[Cell]) -> str:
     """The training steps the unfinished cells of an equal-epoch grid still need, each at its
     scheme's pace so far (schemes differ several-fold in cost, so one mean over cells would
     not do); evaluations are not counted. Empty while no cell of those schemes has an epoch."""
+    progress = {c: _pace(c.run_dir(grid)) for c in cells(grid)}  # each metrics.jsonl once
     paces: dict[tuple[str, str, str], list[float]] = {}
-    for c in cells(grid):
-        pace = _pace(c.run_dir(grid))[1]
+    for c, (_, pace) in progress.items():
         if pace is not None:
             paces.setdefault((c.preset, c.objective, c.scheme), []).append(pace)
     seconds, untimed = 0.0, 0
@@ -177,7 +177,7 @@ def training_eta(grid: Grid, todo: Sequence[Cell]) -> str:
         if known is None:
             untimed += 1
             continue
-        seconds += max(grid.epochs - _pace(c.run_dir(grid))[0], 0) * statistics.mean(known)
+        seconds += max(grid.epochs - progress[c][0], 0) * statistics.mean(known)
     if untimed == len(todo):
         return ""
     more = f" + {untimed} cell{'s' * (untimed > 1)} of schemes not timed yet" if untimed else ""
