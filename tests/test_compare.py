@@ -234,6 +234,25 @@ def test_cli_dry_run_lists_cell_states(tmp_path, capsys):
     assert "seed is set by the grid" in capsys.readouterr().err
 
 
+def test_cli_dry_run_shows_a_resumable_cells_epochs_and_the_training_eta(tmp_path, capsys):
+    """none seed 0: one epoch of two in at 10 s per epoch, so 10 s for it and 20 s for seed 1
+    (40 s had seed 0's trained epoch been counted again); the oracle cells are not timed yet."""
+    path = tmp_path / "g.yaml"
+    path.write_text(json.dumps(grid_document(output=str(tmp_path / "out"))))
+    grid = parse_grid(grid_document(), "g.yaml", tmp_path / "out")
+    run_dir = cells(grid)[0].run_dir(grid)
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"")
+    rows = [{"epoch": 0, "step": 0, "train_s": 0.0}, {"epoch": 1, "step": 2, "train_s": 10.0}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["compare", str(path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"resume    {run_dir} (epoch 1 of 2)"
+    assert [line.split()[0] for line in lines[1:4]] == ["start"] * 3
+    assert lines[4] == (
+        "4 cells to run, training ETA 30 s + 2 cells of schemes not timed yet")
+
+
 def test_curves_continue_without_gaps_or_duplicates_after_an_interrupted_cell(tmp_path):
     from adios.compare.curves import curve_problems, read_curve
 

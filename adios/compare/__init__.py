@@ -59,7 +59,15 @@ from adios.compare.grid import (
     load_grid,
     parse_grid,
 )
-from adios.compare.run import FREE_KEYS, cell_state, evaluate_cell, run_cell, run_grid
+from adios.compare.run import (
+    FREE_KEYS,
+    cell_state,
+    epochs_trained,
+    evaluate_cell,
+    run_cell,
+    run_grid,
+    training_eta,
+)
 from adios.compare.tables import (
     METRICS,
     bar_plot,
@@ -112,9 +120,7 @@ def main(args: Any) -> int:
     grid = load_grid(Path(paths[0]), args.out)
     seeds = _seeds(args.seeds, grid) if getattr(args, "seeds", None) else None
     if args.dry_run:
-        for cell in cells(grid, seeds):
-            cell_config(grid, cell, grid.epochs or 1, extra)
-            print(f"{cell_state(cell.run_dir(grid), grid.evaluations):9s} {cell.run_dir(grid)}")
+        _dry_run(grid, extra, seeds)
         return 0
     if args.table_only:
         for path in write_tables(grid):
@@ -127,6 +133,25 @@ def main(args: Any) -> int:
         grid, extra, say=lambda msg: print(msg, flush=True), command=shlex.join(words), seeds=seeds
     )
     return 0
+
+
+def _dry_run(grid: Grid, extra: list[str], seeds: list[int] | None) -> None:
+    """Each cell's state (with the epochs a resumable cell has trained) and, for an
+    equal-epoch grid, the training time the unfinished cells still need."""
+    todo = []
+    for cell in cells(grid, seeds):
+        cell_config(grid, cell, grid.epochs or 1, extra)
+        run_dir = cell.run_dir(grid)
+        state = cell_state(run_dir, grid.evaluations)
+        done = ""
+        if state == "resume" and grid.epochs is not None:
+            done = f" (epoch {epochs_trained(run_dir)} of {grid.epochs})"
+        print(f"{state:9s} {run_dir}{done}")
+        if state not in ("done", "failed"):
+            todo.append(cell)
+    eta = training_eta(grid, todo) if todo and grid.epochs is not None else ""
+    if eta:
+        print(f"{len(todo)} cell{'s' * (len(todo) > 1)} to run{eta}")
 
 
 def _seeds(text: str, grid: Grid) -> list[int]:

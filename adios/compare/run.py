@@ -153,6 +153,11 @@ def run_grid(
     return statuses
 
 
+def epochs_trained(run_dir: Path) -> int:
+    """Epochs a cell has trained so far (0 without a metrics.jsonl)."""
+    return _pace(run_dir)[0]
+
+
 def _pace(run_dir: Path) -> tuple[int, float | None]:
     """Epochs a cell has trained and its seconds of training steps per epoch (None: no epoch
     yet), from the epoch rows of its metrics.jsonl."""
