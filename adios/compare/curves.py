@@ -42,7 +42,8 @@ AXES = (
     ("images_seen", "training images seen (millions)", 1e-6),
     ("train_s", "training wall-clock (hours, steps only)", 1 / 3600),
 )
-DEFAULT_IMAGE_BUDGETS = (250_000, 500_000, 1_000_000)
+# fixed budgets of the tables: these fractions of the images the preset's longest curve saw
+IMAGE_FRACTIONS = (0.25, 0.5, 1.0)
 
 
 def evaluation_points(epochs: int, every: int) -> list[int]:
@@ -152,16 +153,24 @@ def value_at(points: Sequence[dict], x_key: str, budget: float) -> dict | None:
     return before[-1] if before else None
 
 
+def image_budget_title(images: int) -> str:
+    """0.25M images, or 4,096 images below 0.1M."""
+    return f"{images / 1e6:g}M images" if images >= 100_000 else f"{images:,} images"
+
+
 def budget_table(
     rows: Sequence[dict[str, Any]],
-    image_budgets: Sequence[int] = DEFAULT_IMAGE_BUDGETS,
+    image_budgets: Sequence[int] | None = None,
     finished: Collection[tuple[str, str, str]] | None = None,
 ) -> list[str]:
     """Markdown tables (one per preset) of val kNN at fixed images seen and at equal wall-clock.
 
-    Equal wall-clock is the training time of the scheme that finished first (the cheapest at
-    equal epochs), among the (preset, objective, scheme) curves in ``finished`` (all, if None:
-    a curve still growing would set the budget at wherever it has got to); each cell shows the
+    The images budgets are ``image_budgets``, or a quarter, a half and all of the images the
+    preset's longest curve has seen (0.25M / 0.5M / 1M for a 1M-image grid, 4,096 / 8,192 /
+    16,384 for a 16,384-image one), so that a small grid's table is not empty. Equal
+    wall-clock is the training time of the scheme that finished first (the cheapest at equal
+    epochs), among the (preset, objective, scheme) curves in ``finished`` (all, if None: a
+    curve still growing would set the budget at wherever it has got to); each cell shows the
     last evaluation point at or before the budget, and in the wall-clock column the epoch of
     that point.
     """
@@ -172,7 +181,10 @@ def budget_table(
         finals = [v[-1]["train_s"] for k, v in part.items()
                   if v[-1]["train_s"] is not None and (finished is None or k in finished)]
         equal_s = min(finals) if finals else None
-        budgets = [("images_seen", b, f"{b / 1e6:g}M images") for b in image_budgets]
+        longest = max((v[-1]["images_seen"] or 0 for v in part.values()), default=0)
+        image_points = image_budgets or (
+            [round(f * longest) for f in IMAGE_FRACTIONS] if longest else [])
+        budgets = [("images_seen", b, image_budget_title(b)) for b in image_points]
         if equal_s:
             budgets.append(("train_s", equal_s, f"{equal_s / 60:.0f} min (equal wall-clock)"))
         header = ["scheme", "objective", *(title for _, _, title in budgets), "epochs done"]

@@ -8,6 +8,7 @@ from adios.compare.curves import (
     budget_table,
     curve_problems,
     evaluation_points,
+    image_budget_title,
     mean_curves,
     value_at,
 )
@@ -68,12 +69,29 @@ def test_budget_table_reads_the_last_point_before_each_budget_and_equal_wallcloc
     rows += [row(e, scheme="adios", knn=0.2 * e, seconds=40.0 * e) for e in (0, 1, 2, 3)]
     lines = budget_table(rows, image_budgets=(150, 300, 1000))
     header = lines[2]
-    assert "0.00015M images" in header and "equal wall-clock" in header
+    assert "150 images" in header and "equal wall-clock" in header
     by_scheme = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines[4:6]}
     # none at 150 images: epoch 1 (100 images) -> 10.0; at 300: epoch 3 -> 30.0; 1000: not reached
     assert by_scheme["none"][2:5] == ["10.0", "30.0", "–"]
     # equal wall-clock = none's 30 s: adios had done epoch 0 only (40 s per epoch) -> 0.0
     assert by_scheme["adios"][5] == "0.0 (epoch 0)" and by_scheme["none"][5] == "30.0 (epoch 3)"
+
+
+def test_default_image_budgets_are_fractions_of_the_longest_curve():
+    """none saw 400 images (4 epochs), adios 200 so far: budgets 100, 200 and 400 images."""
+    rows = [row(e, knn=0.1 * e) for e in (0, 1, 2, 3, 4)]
+    rows += [row(e, scheme="adios", knn=0.2 * e) for e in (0, 1, 2)]
+    lines = budget_table(rows)
+    assert lines[2].startswith("| scheme | objective | 100 images | 200 images | 400 images |")
+    by_scheme = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines[4:6]}
+    assert by_scheme["none"][2:5] == ["10.0", "20.0", "40.0"]
+    assert by_scheme["adios"][2:5] == ["20.0", "40.0", "–"]  # 400 not reached yet
+
+
+def test_image_budget_titles():
+    assert image_budget_title(250_000) == "0.25M images"
+    assert image_budget_title(1_000_000) == "1M images"
+    assert image_budget_title(4096) == "4,096 images"
 
 
 def test_equal_wallclock_waits_for_a_finished_scheme():
