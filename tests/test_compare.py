@@ -206,6 +206,9 @@ def test_token_modes_are_grid_schemes_with_a_hidden_patch_table(tmp_path):
         summary = json.loads((cell.run_dir(grid) / "summary.json").read_text())
         row = next(line for line in table if line.startswith(f"| {cell.scheme} |"))
         assert f"| {100 * summary['token_hidden_on_objects']:.1f} |" in row
+        topk = summary.get("token_hidden_on_objects_topk")  # only a learned masker has one
+        assert (topk is None) == (cell is random_cell)
+        assert row.split(" | ")[4] == ("–" if topk is None else f"{100 * topk:.1f}")
 
 
 def test_seeds_option_runs_only_those_seeds_and_tables_keep_the_rest(tmp_path, capsys):

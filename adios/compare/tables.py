@@ -122,7 +122,9 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
         "variation": summary.get("mask_image_variation_argmax"),
         "variation_untrained": summary.get("mask_image_variation_argmax_untrained"),
         "token_hidden": summary.get("token_hidden_on_objects"),
-        "token_hidden_topk": summary.get("token_hidden_on_objects_topk"),
+        # a top-k needs a learned masker (runs before it was dropped for equal scores carry one)
+        "token_hidden_topk": summary.get("token_hidden_on_objects_topk")
+        if (run_dir / "masker.safetensors").is_file() else None,
         "token_hidden_random": summary.get("token_hidden_on_objects_random"),
         "knn_random_init": summary.get("knn_acc_random_init"),
         "chance": 1 / knn["dataset"]["num_classes"] if knn and knn.get("dataset", {}).get(

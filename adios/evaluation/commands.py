@@ -534,9 +534,10 @@ def _headline(result: dict) -> str:
         )
     if kind == "masks" and "tokens" in result:
         t = result["tokens"]
+        topk = t.get("token_hidden_on_objects_topk")
         return (f"hidden patch area on objects: draws {t['token_hidden_on_objects']:.1%}, "
-                f"top-k {t['token_hidden_on_objects_topk']:.1%}, "
-                f"random {t['token_hidden_on_objects_random']:.1%}")
+                + (f"top-k {topk:.1%}, " if topk is not None else "")
+                + f"random {t['token_hidden_on_objects_random']:.1%}")
     if kind == "masks":
         return "masks: " + "; ".join(
             f"{name} fg-ARI {_fmt(q['fg_ari'])} mBO {_fmt(q['mbo'])}"

@@ -156,17 +156,19 @@ def hidden_on_objects_report(scores: Tensor, instances: Tensor, keep_ratio: floa
     """Where the hidden patches go on scenes with instance maps (B, H, W): the share of the
     hidden patches' area on objects for the masker's sampled draws (what the encoder trains on)
     and for its top-k (its favourite tokens kept), against uniform random draws, whose
-    expected share is the mean object cover of all patches."""
+    expected share is the mean object cover of all patches. Equal scores (token-random) have
+    no top-k: ``topk`` would break the ties by position and report a fixed corner of the grid."""
     grid = math.isqrt(scores.shape[1])
     cover = patch_object_cover(instances.to(scores.device), grid)
     k = keep_count(scores.shape[1], keep_ratio)
     report = {
         "token_hidden_on_objects": hidden_on_objects(
             cover, draw_visible(scores, keep_ratio, seed)).mean().item(),
-        "token_hidden_on_objects_topk": hidden_on_objects(
-            cover, scores.topk(k, dim=1).indices).mean().item(),
         "token_hidden_on_objects_random": cover.mean().item(),
     }
+    if bool((scores.amax(1) > scores.amin(1)).any()):
+        report["token_hidden_on_objects_topk"] = hidden_on_objects(
+            cover, scores.topk(k, dim=1).indices).mean().item()
     if not all(math.isfinite(v) for v in report.values()):
         raise FloatingPointError(f"token mask report is not finite: {report}")
     return report

@@ -270,3 +270,7 @@ def test_hidden_on_objects_report_against_hand_computed_shares():
     assert report["token_hidden_on_objects_random"] == pytest.approx(4.5 / 16)
     flipped = hidden_on_objects_report(-scores, instances, keep_ratio=5 / 16, seed=0)
     assert flipped["token_hidden_on_objects_topk"] == pytest.approx(0.0)  # objects all kept
+    # token-random's equal scores: no favourite tokens, so no top-k share (ties by position)
+    equal = hidden_on_objects_report(torch.zeros(1, 16), instances, keep_ratio=11 / 16, seed=0)
+    assert "token_hidden_on_objects_topk" not in equal
+    assert equal["token_hidden_on_objects_random"] == pytest.approx(4.5 / 16)
