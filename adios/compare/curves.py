@@ -36,12 +36,8 @@ from adios.runlog import METRICS, read_metrics
 
 CURVE = "curve.csv"  # one cell's curve, in its run directory
 CURVE_FIELDS = ("epoch", "step", "images_seen", "train_s", "knn_val")
-# x axes of the picture: metrics key, axis title, scale
-AXES = (
-    ("epoch", "epochs", 1.0),
-    ("images_seen", "training images seen (millions)", 1e-6),
-    ("train_s", "training wall-clock (hours, steps only)", 1 / 3600),
-)
+# x axes of the picture, by metrics key; units by :func:`axis_unit`
+AXES = ("epoch", "images_seen", "train_s")
 # fixed budgets of the tables: these fractions of the images the preset's longest curve saw
 IMAGE_FRACTIONS = (0.25, 0.5, 1.0)
 
@@ -248,6 +244,21 @@ def _metrics(run_dir: Path) -> list[dict[str, Any]]:
     return read_metrics(run_dir) if (Path(run_dir) / METRICS).is_file() else []
 
 
+def axis_unit(x_key: str, largest: float) -> tuple[str, float]:
+    """The axis title and scale for the largest value plotted: millions of images from 0.1M,
+    thousands below (a 16k-image grid read 0.0000 / 0.0025 ... in millions); hours of
+    training from 2 h, minutes below."""
+    if x_key == "images_seen":
+        if largest >= 100_000:
+            return "training images seen (millions)", 1e-6
+        return "training images seen (thousands)", 1e-3
+    if x_key == "train_s":
+        if largest >= 7200:
+            return "training wall-clock (hours, steps only)", 1 / 3600
+        return "training wall-clock (minutes, steps only)", 1 / 60
+    return "epochs", 1.0
+
+
 def curve_plot(rows: Sequence[dict[str, Any]], refs: dict[str, References], path: Path) -> Path:
     """One row of panels per preset: val kNN against each of :data:`AXES`, a line per
     (objective, scheme) with a band of +- one std where at least two seeds reached a point."""
@@ -258,7 +269,10 @@ def curve_plot(rows: Sequence[dict[str, Any]], refs: dict[str, References], path
     objectives = {k[1] for k in curves}
     for row_axes, preset in zip(axes, presets, strict=True):
         ref = refs.get(preset, References())
-        for ax, (x_key, title, scale) in zip(row_axes, AXES, strict=True):
+        for ax, x_key in zip(row_axes, AXES, strict=True):
+            largest = max((q[x_key] or 0 for (p, _, _), points in curves.items()
+                           if p == preset for q in points), default=0)
+            title, scale = axis_unit(x_key, largest)
             for (p, objective, scheme), points in curves.items():
                 if p != preset:
                     continue

@@ -5,6 +5,7 @@ import statistics
 import pytest
 
 from adios.compare.curves import (
+    axis_unit,
     budget_table,
     curve_problems,
     evaluation_points,
@@ -86,6 +87,14 @@ def test_default_image_budgets_are_fractions_of_the_longest_curve():
     by_scheme = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines[4:6]}
     assert by_scheme["none"][2:5] == ["10.0", "20.0", "40.0"]
     assert by_scheme["adios"][2:5] == ["20.0", "40.0", "–"]  # 400 not reached yet
+
+
+def test_axis_units_follow_the_largest_value():
+    assert axis_unit("images_seen", 1_000_000) == ("training images seen (millions)", 1e-6)
+    assert axis_unit("images_seen", 16_384) == ("training images seen (thousands)", 1e-3)
+    assert axis_unit("train_s", 5 * 3600) == ("training wall-clock (hours, steps only)", 1 / 3600)
+    assert axis_unit("train_s", 1800) == ("training wall-clock (minutes, steps only)", 1 / 60)
+    assert axis_unit("epoch", 8) == ("epochs", 1.0)
 
 
 def test_image_budget_titles():
