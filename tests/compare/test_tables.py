@@ -12,7 +12,7 @@ def row(scheme, seeds, knn, std, fg_ari=None, epochs=5):
     values.update(knn_mean=knn, knn_std=std, knn_k20_mean=knn - 0.01, knn_k20_std=std,
                   linear_mean=knn + 0.02, linear_std=std, fg_ari_mean=fg_ari,
                   fg_ari_std=0.01 if fg_ari is not None and len(seeds) > 1 else None,
-                  epochs_mean=epochs)
+                  epochs_mean=epochs, majority_mean=0.25)
     return {"preset": "p", "objective": "simclr", "scheme": scheme, "seeds": seeds, "failed": 0,
             "knn_random_init_mean": 0.30, "chance_mean": 0.2, "fg_ari_random_mean": 0.20,
             "mbo_random_mean": None, **values}
@@ -43,6 +43,7 @@ def test_axis_is_zoomed_to_bars_and_references(panels):
     lines = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
     assert lines["untrained encoder (kNN k=20)"] == pytest.approx(30)
     assert lines["chance"] == pytest.approx(20)
+    assert lines["majority class"] == pytest.approx(25)
 
 
 def test_epochs_are_written_on_the_bars(panels):
