@@ -337,7 +337,8 @@ def bar_figure(rows: list[dict[str, Any]]) -> Figure:
     """One panel per (preset, metric): a bar per scheme (a colour per objective) labelled with
     its epochs; std over seeds only where a cell has two or more; the y axis zoomed to the bars
     and the references: the untrained encoder (kNN) or random blob masks (mask metrics) dashed,
-    the test split's majority-class rate dash-dot, chance (1 / classes) dotted. Mask panels
+    the test split's majority-class rate dotted, chance (1 / classes) dash-dot (the styles of
+    the curves picture). Mask panels
     leave out the schemes without learned masks; with the backgrounds test, a panel of its gap
     (mixed-same - mixed-rand) against zero."""
     keys = [
@@ -386,8 +387,8 @@ def bar_figure(rows: list[dict[str, Any]]) -> Figure:
                 references.append(("untrained encoder (kNN k=20)", "--",
                                    _mean_of(in_preset, "knn_random_init_mean")))
             if key in ACCURACY_KEYS:  # read against the majority class, not chance alone
-                references.append(("majority class", "-.", _mean_of(in_preset, "majority_mean")))
-                references.append(("chance", ":", _mean_of(in_preset, "chance_mean")))
+                references.append(("majority class", ":", _mean_of(in_preset, "majority_mean")))
+                references.append(("chance", "-.", _mean_of(in_preset, "chance_mean")))
             if key in ("fg_ari", "mbo"):
                 references.append(("random blob masks", "--",
                                    _mean_of(in_preset, f"{key}_random_mean")))
