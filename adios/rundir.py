@@ -38,6 +38,28 @@ from adios.config import Config, ConfigError, config_yaml, load_config, read_yam
 from adios.errors import NonFiniteError, RunDirError
 
 MARKER = ".adios-run"
+LOCK_TRIES = 5
+
+
+class RunDirBusy(RunDirError):
+    """Another live process holds the run directory's lock."""
+
+
+def holder_pid(path: Path) -> str | None:
+    """The pid of the live process that holds ``path``'s run lock ("unknown" if it did not
+    say), or None when no process holds it; takes nothing and creates nothing."""
+    try:
+        fd = os.open(Path(path) / MARKER, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        holder = re.search(rb"pid (\d+)", os.pread(fd, 256, 0))
+        return holder.group(1).decode() if holder else "unknown"
+    finally:
+        os.close(fd)  # drops the shared lock taken just now
+    return None
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 # what the weights depend on: a resume that changes one of these is refused
@@ -81,16 +103,21 @@ class RunDir:
         except OSError as err:
             raise RunDirError(f"{self.path}: cannot write in this run directory "
                               f"({err.strerror or err}); choose another run_dir") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = re.search(rb"pid (\d+)", os.pread(fd, 256, 0))
-            os.close(fd)
-            pid = holder.group(1).decode() if holder else "unknown"
-            raise RunDirError(
-                f"{self.path} is in use by another adios process (pid {pid}); wait for it to "
-                f"finish or stop it, or choose another run_dir"
-            ) from None
+        for attempt in range(LOCK_TRIES):  # holder_pid's probe holds a lock for microseconds
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if attempt + 1 < LOCK_TRIES:
+                    time.sleep(0.2)
+                    continue
+                holder = re.search(rb"pid (\d+)", os.pread(fd, 256, 0))
+                os.close(fd)
+                pid = holder.group(1).decode() if holder else "unknown"
+                raise RunDirBusy(
+                    f"{self.path} is in use by another adios process (pid {pid}); wait for it "
+                    f"to finish or stop it, or choose another run_dir"
+                ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"adios run directory (docs/running.md); locked by pid {os.getpid()}\n"
                   .encode(), 0)

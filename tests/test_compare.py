@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from adios import compare
 from adios.checkpoint import RunDirError
 from adios.cli import main
-from adios.compare import Cell, cell_config, cells, load_grid, parse_grid, run_grid
+from adios.compare import Cell, cell_config, cell_state, cells, load_grid, parse_grid, run_grid
 from adios.config import ConfigError, to_dict
 from adios.train import train
 
@@ -254,6 +254,41 @@ def test_cli_dry_run_shows_a_resumable_cells_epochs_and_the_training_eta(tmp_pat
     assert [line.split()[0] for line in lines[1:4]] == ["start"] * 3
     assert lines[4] == (
         "4 cells to run, training ETA 30 s + 2 cells of schemes not timed yet")
+
+
+def _hold_lock(path: str, ready, release) -> None:
+    from adios.rundir import RunDir
+
+    RunDir(Path(path), resume=False).lock()
+    ready.set()
+    release.wait(60)
+
+
+def test_a_cell_another_process_holds_is_skipped_and_run_once_it_is_free(tmp_path, capsys):
+    """Two compare processes can share a grid: each skips the cells the other is running."""
+    import multiprocessing
+    import os
+    import signal
+
+    grid = parse_grid(grid_document(seeds=[0]), "g.yaml", tmp_path)
+    free, held = cells(grid)
+    held.run_dir(grid).mkdir(parents=True)
+    fork = multiprocessing.get_context("fork")
+    ready, release = fork.Event(), fork.Event()
+    holder = fork.Process(target=_hold_lock, args=(str(held.run_dir(grid)), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        assert cell_state(held.run_dir(grid)) == "running"
+        said: list[str] = []
+        statuses = run_grid(grid, say=said.append)
+        assert statuses == {free: "trained", held: "running"}
+        assert "  skipped: another process holds it (see --dry-run)" in said
+        assert not (held.run_dir(grid) / "config.yaml").exists()  # nothing written into it
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+    assert run_grid(grid, say=lambda msg: None) == {free: "done", held: "trained"}
 
 
 def test_curves_continue_without_gaps_or_duplicates_after_an_interrupted_cell(tmp_path):

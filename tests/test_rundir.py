@@ -18,7 +18,7 @@ from tiny_run import TINY, load
 
 import adios.engine
 from adios.cli import main
-from adios.rundir import MARKER, RunDir
+from adios.rundir import MARKER, RunDir, holder_pid
 
 ONE_EPOCH = [*TINY, "train.epochs=1", "train.knn_every=0"]
 
@@ -91,6 +91,7 @@ def test_2_a_run_directory_in_use_is_refused_for_train_resume_and_overwrite(tmp_
     holder.start()
     try:
         assert ready.wait(30)
+        assert holder_pid(run) == str(holder.pid)  # the probe compare uses to skip a cell
         capsys.readouterr()
         for argv in (["train", f"run_dir={run}", *ONE_EPOCH],
                      ["train", "--resume", str(run)],
@@ -105,6 +106,8 @@ def test_2_a_run_directory_in_use_is_refused_for_train_resume_and_overwrite(tmp_
         os.kill(holder.pid, signal.SIGKILL)  # kill -9: the kernel drops its lock
         holder.join()
     assert "pid" in (run / MARKER).read_text()  # the dead holder's marker stays behind ...
+    assert holder_pid(run) is None
+    assert holder_pid(tmp_path / "nowhere") is None and not (tmp_path / "nowhere").exists()
     assert main(["train", "--resume", str(run)]) == 0  # ... and is no obstacle
     assert load(run / "checkpoint.pt")["epoch"] == 2
 

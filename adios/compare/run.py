@@ -22,6 +22,7 @@ from adios.compare.grid import (
 )
 from adios.compare.tables import cell_results, machine, write_tables
 from adios.config import read_yaml, to_dict
+from adios.rundir import RunDirBusy, holder_pid
 from adios.runlog import read_metrics, trained_so_far
 
 # settings that do not change a cell's result: a rerun may change them
@@ -48,9 +49,12 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def cell_state(run_dir: Path, evaluations: Sequence[str] = DEFAULT_EVALUATIONS) -> str:
-    """done | failed | evaluate (trained, not evaluated) | resume | start (nothing usable)."""
+    """done | failed | running (another process holds it) | evaluate (trained, not
+    evaluated) | resume | start (nothing usable)."""
     if (run_dir / "error.json").is_file():
         return "failed"
+    if holder_pid(run_dir) is not None:
+        return "running"
     if (run_dir / "summary.json").is_file():
         done = all((run_dir / EVALUATION_FILES[name]).is_file() for name in evaluations)
         return "done" if done else "evaluate"
@@ -85,7 +89,7 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
 
     run_dir = cell.run_dir(grid)
     state = cell_state(run_dir, grid.evaluations)
-    if state in ("done", "failed"):
+    if state in ("done", "failed", "running"):  # running: another compare (or train) has it
         return state
     cfg = cell_config(grid, cell, budget_epochs(grid, cell, extra, say), extra)
     saved_path = run_dir / "config.yaml"
@@ -99,6 +103,8 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
     if state != "evaluate":
         try:
             train(cfg, resume=state == "resume", overwrite=state == "start")
+        except RunDirBusy:  # another process took it between the check and the start
+            return "running"
         except FloatingPointError as err:
             write_json({"error": str(err)}, run_dir / "error.json")
             say(f"  failed: {err}")
@@ -145,6 +151,9 @@ def run_grid(
         )
         started = time.time()
         statuses[cell] = run_cell(grid, cell, extra, say)
+        if statuses[cell] == "running":
+            say("  skipped: another process holds it (see --dry-run)")
+            continue
         durations.append(time.time() - started)
         say(f"  {statuses[cell]} in {_duration(durations[-1])}: {_headline(cell.run_dir(grid))}")
         write_tables(grid)
