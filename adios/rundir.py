@@ -38,7 +38,19 @@ from adios.config import Config, ConfigError, config_yaml, load_config, read_yam
 from adios.errors import NonFiniteError, RunDirError
 
 MARKER = ".adios-run"
-LOCK_TRIES = 5
+CONFIG = "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+# what the weights depend on: a resume that changes one of these is refused
+FIXED = ("seed", "preset", "data.", "augment.", "model.", "masker.", "objective.", "masking.",
+         "optim.name", "optim.mask_name", "optim.batch_size")
+# ... except where the data comes from and how it is read
+MOVABLE = ("data.path", "data.workers", "data.loader", "data.memory_limit_mb")
+IGNORED = ("run_dir", "description")
+CHECKPOINT_KEYS = ("epoch", "objective", "encoder_opt", "init", "config")
+
+T = TypeVar("T")
+_active: RunDir | None = None  # the run this process holds, for the interrupt message
+LOCK_TRIES = 5  # a lock held for holder_pid's probe (microseconds) is retried
 
 
 class RunDirBusy(RunDirError):
@@ -60,18 +72,6 @@ def holder_pid(path: Path) -> str | None:
     finally:
         os.close(fd)  # drops the shared lock taken just now
     return None
-CONFIG = "config.yaml"
-CHECKPOINT = "checkpoint.pt"
-# what the weights depend on: a resume that changes one of these is refused
-FIXED = ("seed", "preset", "data.", "augment.", "model.", "masker.", "objective.", "masking.",
-         "optim.name", "optim.mask_name", "optim.batch_size")
-# ... except where the data comes from and how it is read
-MOVABLE = ("data.path", "data.workers", "data.loader", "data.memory_limit_mb")
-IGNORED = ("run_dir", "description")
-CHECKPOINT_KEYS = ("epoch", "objective", "encoder_opt", "init", "config")
-
-T = TypeVar("T")
-_active: RunDir | None = None  # the run this process holds, for the interrupt message
 
 
 class RunDir:
@@ -103,7 +103,7 @@ class RunDir:
         except OSError as err:
             raise RunDirError(f"{self.path}: cannot write in this run directory "
                               f"({err.strerror or err}); choose another run_dir") from None
-        for attempt in range(LOCK_TRIES):  # holder_pid's probe holds a lock for microseconds
+        for attempt in range(LOCK_TRIES):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break

@@ -338,9 +338,8 @@ def bar_figure(rows: list[dict[str, Any]]) -> Figure:
     its epochs; std over seeds only where a cell has two or more; the y axis zoomed to the bars
     and the references: the untrained encoder (kNN) or random blob masks (mask metrics) dashed,
     the test split's majority-class rate dotted, chance (1 / classes) dash-dot (the styles of
-    the curves picture). Mask panels
-    leave out the schemes without learned masks; with the backgrounds test, a panel of its gap
-    (mixed-same - mixed-rand) against zero."""
+    the curves picture). Mask panels leave out the schemes without learned masks; with the
+    backgrounds test, a panel of its gap (mixed-same - mixed-rand) against zero."""
     keys = [
         (k, t, p)
         for k, t, p in METRICS + ROBUSTNESS_METRICS
