@@ -280,6 +280,9 @@ def test_a_cell_another_process_holds_is_skipped_and_run_once_it_is_free(tmp_pat
     try:
         assert ready.wait(30)
         assert cell_state(held.run_dir(grid)) == "running"
+        compare._dry_run(grid, [], None)
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1] == f"running   {held.run_dir(grid)} (epoch 0 of 2)"
         said: list[str] = []
         statuses = run_grid(grid, say=said.append)
         assert statuses == {free: "trained", held: "running"}

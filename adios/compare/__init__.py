@@ -136,7 +136,7 @@ def main(args: Any) -> int:
 
 
 def _dry_run(grid: Grid, extra: list[str], seeds: list[int] | None) -> None:
-    """Each cell's state (with the epochs a resumable cell has trained) and, for an
+    """Each cell's state (with the epochs a resumable or running cell has trained) and, for an
     equal-epoch grid, the training time the unfinished cells still need."""
     todo = []
     for cell in cells(grid, seeds):
@@ -144,7 +144,7 @@ def _dry_run(grid: Grid, extra: list[str], seeds: list[int] | None) -> None:
         run_dir = cell.run_dir(grid)
         state = cell_state(run_dir, grid.evaluations)
         done = ""
-        if state == "resume" and grid.epochs is not None:
+        if state in ("resume", "running") and grid.epochs is not None:
             done = f" (epoch {epochs_trained(run_dir)} of {grid.epochs})"
         print(f"{state:9s} {run_dir}{done}")
         if state not in ("done", "failed"):
