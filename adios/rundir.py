@@ -57,6 +57,12 @@ class RunDirBusy(RunDirError):
     """Another live process holds the run directory's lock."""
 
 
+def _marker_pid(fd: int) -> str:
+    """The pid a lock holder wrote into the marker ("unknown" if it did not)."""
+    holder = re.search(rb"pid (\d+)", os.pread(fd, 256, 0))
+    return holder.group(1).decode() if holder else "unknown"
+
+
 def holder_pid(path: Path) -> str | None:
     """The pid of the live process that holds ``path``'s run lock ("unknown" if it did not
     say), or None when no process holds it; takes nothing and creates nothing."""
@@ -67,8 +73,7 @@ def holder_pid(path: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
-        holder = re.search(rb"pid (\d+)", os.pread(fd, 256, 0))
-        return holder.group(1).decode() if holder else "unknown"
+        return _marker_pid(fd)
     finally:
         os.close(fd)  # drops the shared lock taken just now
     return None
@@ -111,9 +116,8 @@ class RunDir:
                 if attempt + 1 < LOCK_TRIES:
                     time.sleep(0.2)
                     continue
-                holder = re.search(rb"pid (\d+)", os.pread(fd, 256, 0))
+                pid = _marker_pid(fd)
                 os.close(fd)
-                pid = holder.group(1).decode() if holder else "unknown"
                 raise RunDirBusy(
                     f"{self.path} is in use by another adios process (pid {pid}); wait for it "
                     f"to finish or stop it, or choose another run_dir"

@@ -62,8 +62,8 @@ from adios.compare.grid import (
 from adios.compare.run import (
     FREE_KEYS,
     cell_state,
-    epochs_trained,
     evaluate_cell,
+    grid_progress,
     run_cell,
     run_grid,
     training_eta,
@@ -139,17 +139,18 @@ def _dry_run(grid: Grid, extra: list[str], seeds: list[int] | None) -> None:
     """Each cell's state (with the epochs a resumable or running cell has trained) and, for an
     equal-epoch grid, the training time the unfinished cells still need."""
     todo = []
+    progress = grid_progress(grid) if grid.epochs is not None else {}
     for cell in cells(grid, seeds):
         cell_config(grid, cell, grid.epochs or 1, extra)
         run_dir = cell.run_dir(grid)
         state = cell_state(run_dir, grid.evaluations)
         done = ""
         if state in ("resume", "running") and grid.epochs is not None:
-            done = f" (epoch {epochs_trained(run_dir)} of {grid.epochs})"
+            done = f" (epoch {progress[cell][0]} of {grid.epochs})"
         print(f"{state:9s} {run_dir}{done}")
         if state not in ("done", "failed"):
             todo.append(cell)
-    eta = training_eta(grid, todo) if todo and grid.epochs is not None else ""
+    eta = training_eta(grid, todo, progress) if todo and grid.epochs is not None else ""
     if eta:
         print(f"{len(todo)} cell{'s' * (len(todo) > 1)} to run{eta}")
 

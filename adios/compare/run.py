@@ -162,11 +162,6 @@ def run_grid(
     return statuses
 
 
-def epochs_trained(run_dir: Path) -> int:
-    """Epochs a cell has trained so far (0 without a metrics.jsonl)."""
-    return _pace(run_dir)[0]
-
-
 def _pace(run_dir: Path) -> tuple[int, float | None]:
     """Epochs a cell has trained and its seconds of training steps per epoch (None: no epoch
     yet), from the epoch rows of its metrics.jsonl."""
@@ -176,11 +171,18 @@ def _pace(run_dir: Path) -> tuple[int, float | None]:
     return epochs, seconds / epochs if epochs else None
 
 
-def training_eta(grid: Grid, todo: Sequence[Cell]) -> str:
+def grid_progress(grid: Grid) -> dict[Cell, tuple[int, float | None]]:
+    """Every cell's (epochs trained, seconds per epoch), each metrics.jsonl read once."""
+    return {c: _pace(c.run_dir(grid)) for c in cells(grid)}
+
+
+def training_eta(grid: Grid, todo: Sequence[Cell],
+                 progress: dict[Cell, tuple[int, float | None]] | None = None) -> str:
     """The training steps the unfinished cells of an equal-epoch grid still need, each at its
     scheme's pace so far (schemes differ several-fold in cost, so one mean over cells would
-    not do); evaluations are not counted. Empty while no cell of those schemes has an epoch."""
-    progress = {c: _pace(c.run_dir(grid)) for c in cells(grid)}  # each metrics.jsonl once
+    not do); evaluations are not counted. Empty while no cell of those schemes has an epoch.
+    ``progress``: :func:`grid_progress`, if the caller has read it already."""
+    progress = progress if progress is not None else grid_progress(grid)
     paces: dict[tuple[str, str, str], list[float]] = {}
     for c, (_, pace) in progress.items():
         if pace is not None:
