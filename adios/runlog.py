@@ -78,9 +78,13 @@ def _wandb_run(run_dir: Path, project: str, config: dict[str, Any] | None) -> An
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The logged rows; a line cut short by a killed process is skipped."""
+    """The logged rows; a line cut short by a killed process is skipped; none before the run
+    has logged anything (no metrics file yet)."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
     rows = []
-    for line in (Path(run_dir) / METRICS).read_text(errors="replace").splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             row = json.loads(line)
         except ValueError:

@@ -29,6 +29,12 @@ def test_default_log_is_jsonl_and_tensorboard_only(tmp_path):
     assert not (tmp_path / "wandb").exists() and not (tmp_path / WANDB_ID).exists()
 
 
+def test_read_metrics_of_a_run_that_logged_nothing_is_empty_and_skips_a_cut_line(tmp_path):
+    assert read_metrics(tmp_path) == []
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n{"step": 2, "lo')
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 5.0}]
+
+
 def wandb_history(run_dir):
     """History rows of an offline W&B run, read from its .wandb file (a LevelDB-style log of
     protobuf records in 32 KiB blocks, 7-byte file header, 7-byte record headers)."""

@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 
 from adios.compare.grid import Cell
 from adios.evaluation.figures import save
-from adios.runlog import METRICS, read_metrics
+from adios.runlog import read_metrics
 
 CURVE = "curve.csv"  # one cell's curve, in its run directory
 CURVE_FIELDS = ("epoch", "step", "images_seen", "train_s", "knn_val")
@@ -51,8 +51,6 @@ def evaluation_points(epochs: int, every: int) -> list[int]:
 
 def read_curve(run_dir: Path) -> list[dict[str, Any]]:
     """The monitor's rows of a run's metrics.jsonl, in the order written (empty: no metrics)."""
-    if not (Path(run_dir) / METRICS).is_file():
-        return []
     return [
         {
             "epoch": r["epoch"],
@@ -228,7 +226,7 @@ def references(
         untrained = [r["knn_val"] for r in rows if r["preset"] == preset and r["epoch"] == 0]
         majority = []
         for _, run_dir in (pair for pair in cells if pair[0].preset == preset):
-            first = next((r for r in _metrics(run_dir) if r.get("epoch") == 0), {})
+            first = next((r for r in read_metrics(run_dir) if r.get("epoch") == 0), {})
             if "val_majority_rate" in first:
                 majority.append(first["val_majority_rate"])
         classes = num_classes.get(preset)
@@ -238,10 +236,6 @@ def references(
             chance=1 / classes if classes else None,
         )
     return out
-
-
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return read_metrics(run_dir) if (Path(run_dir) / METRICS).is_file() else []
 
 
 def axis_unit(x_key: str, largest: float) -> tuple[str, float]:

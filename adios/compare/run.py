@@ -165,8 +165,6 @@ def run_grid(
 def _pace(run_dir: Path) -> tuple[int, float | None]:
     """Epochs a cell has trained and its seconds of training steps per epoch (None: no epoch
     yet), from the epoch rows of its metrics.jsonl."""
-    if not (run_dir / "metrics.jsonl").is_file():
-        return 0, None
     epochs, seconds = trained_so_far(read_metrics(run_dir))
     return epochs, seconds / epochs if epochs else None
 

@@ -101,8 +101,7 @@ def cell_results(run_dir: Path) -> dict[str, Any]:
     linear = _read_json(run_dir / "eval_linear_fast.json")
     backgrounds = _read_json(run_dir / EVALUATION_FILES["robustness"])
     rates, train_s = [], None
-    if (run_dir / "metrics.jsonl").is_file():
-        rows = read_metrics(run_dir)
+    if rows := read_metrics(run_dir):
         rates = [r["images_per_s"] for r in rows if "images_per_s" in r]
         train_s = trained_so_far(rows)[1]
     return {

@@ -62,7 +62,7 @@ class RunRecord:
         if not config_path.is_file():
             raise RunDirError(f"{run_dir} is not a run directory: it holds no config.yaml")
         summary_path = run_dir / "summary.json"
-        metrics = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+        metrics = read_metrics(run_dir)
         evals = {p.stem: read_json(p) for p in sorted(run_dir.glob("eval_*.json"))}
         return cls(
             run_dir=run_dir,
