@@ -65,7 +65,7 @@ def first_update(*overrides):
     """Each player's parameter change over one plain-SGD step (no momentum, no weight decay, so
     the change is -lr * gradient), with SiLU for ReLU: a ReLU whose input is within bf16
     round-off of zero flips and takes a piece of the gradient with it (tests/smooth.py). The
-    encoder's rate is 10x the others' smaller: the fast schedule's masker steps at the encoder
+    encoder steps at a tenth of the others' rate: the fast schedule's masker steps at the encoder
     its own step just moved, so a large encoder step carries the encoder update's bf16
     round-off into the masker's gradient (at 0.1 the masker's update turned by up to 2.3 %, cosine
     0.977 under oneDNN's AMX kernels and 0.988-0.990 under its AVX-512 and AVX2 ones, while the
