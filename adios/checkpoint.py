@@ -25,7 +25,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
-from adios.errors import RunDirError
+from adios.errors import NonFiniteError, RunDirError
 
 __all__ = [
     "RunDirError", "export_safetensors", "finite_json", "load_checkpoint", "load_optimizer_state",
@@ -158,7 +158,11 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 def export_safetensors(state_dict: dict[str, torch.Tensor], path: Path,
                        metadata: dict[str, str] | None = None) -> None:
-    """``metadata``: strings stored in the file's header (adios.api describes the model there)."""
+    """``metadata``: strings stored in the file's header (adios.api describes the model there).
+    Weights holding NaN or inf are refused, never written."""
+    if nonfinite({"weights": state_dict}):
+        raise NonFiniteError(f"{path}: non-finite (NaN or inf) weights, not written; the model "
+                             f"diverged or its checkpoint was changed")
     data = safetensors_save({k: v.detach().contiguous().cpu() for k, v in state_dict.items()},
                             metadata=metadata)
     _write_atomic(path, lambda f: f.write(data), len(data))

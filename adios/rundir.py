@@ -1,14 +1,21 @@
 """Run directories: what may be replaced, who may write, and what a resume may change.
 
-- A run directory of ours holds ``config.yaml`` and the marker ``.adios-run``. The marker is
-  also the lock: the process running the run holds an exclusive ``flock`` on it for the run's
-  life, so a second train, resume or ``--overwrite`` of the same directory stops with the
-  holder's pid. The kernel drops the lock when the process dies (even by kill -9), so a marker
-  left behind by a dead process is no obstacle.
-- ``--overwrite`` empties only a run of ours or an empty directory, never the working
-  directory or a folder above it; anything else is refused.
-- A run interrupted before its first checkpoint holds nothing worth keeping: the same command
-  (or ``--resume``) starts it again, no ``--overwrite`` needed.
+- A run directory of ours holds the marker ``.adios-run``, written by adios with the run's id
+  (also stored in every checkpoint): a file of that name with other content, or a checkpoint
+  of another run, proves nothing. The marker is also the lock: the process running the run
+  holds an exclusive ``flock`` on it for the run's life, so a second train, resume or
+  ``--overwrite`` of the same directory stops with the holder's pid. The kernel drops the
+  lock when the process dies (even by kill -9), so a marker left behind by a dead process is
+  no obstacle. Markers of versions before the run id (no id) are kept as they are: such a
+  run can be resumed (its first checkpoint then gives it an id), never emptied.
+- Only the files adios writes (:data:`WRITTEN`, :data:`WRITTEN_INSIDE`) are ever deleted;
+  anything else in a run directory stays, whatever the flags. ``--overwrite`` empties only a
+  run of ours or an empty directory, never the working directory or a folder above it.
+- A run interrupted before its first checkpoint, with no weights or summary, holds nothing
+  worth keeping: the same command (or ``--resume``) starts it again, no ``--overwrite``
+  needed. A run with weights or a summary is replaced only by ``--overwrite``.
+- Nothing is written through a symbolic link: a run directory holding one is refused, and
+  the marker is opened with ``O_NOFOLLOW``.
 - The checkpoint stores the SHA-256 of the config.yaml written beside it. A resume compares the
   configuration it is given (config.yaml, perhaps edited by hand, plus command-line overrides)
   with the one the checkpoint was trained with: settings that only steer the rest of the run
@@ -21,11 +28,15 @@ docs/running.md describes the rules for users.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import fnmatch
 import hashlib
 import os
 import re
+import secrets
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -38,8 +49,18 @@ from adios.config import Config, ConfigError, config_yaml, load_config, read_yam
 from adios.errors import NonFiniteError, RunDirError
 
 MARKER = ".adios-run"
+MARKER_HEADER = b"adios run directory (docs/running.md)"
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
+# what adios writes into a run directory (train, eval, report, compare): the only names ever
+# deleted, besides temporary files
+WRITTEN = (CONFIG, CHECKPOINT, "metrics.jsonl", "wandb_id.txt", "encoder.safetensors",
+           "masker.safetensors", "summary.json", "masks.png", "report.html", "report.png",
+           "error.json", "eval_*.json", "eval_*.png")
+# ... and inside its folders; wandb/ is the W&B library's own folder
+WRITTEN_INSIDE = {"tb": ("events.out.tfevents.*",), "masks": ("epoch_*.png",), "wandb": ("*",)}
+# what a finished run leaves: never replaced without --overwrite
+RESULTS = ("encoder.safetensors", "masker.safetensors", "summary.json")
 # what the weights depend on: a resume that changes one of these is refused
 FIXED = ("seed", "preset", "data.", "augment.", "model.", "masker.", "objective.", "masking.",
          "optim.name", "optim.mask_name", "optim.batch_size")
@@ -63,11 +84,32 @@ def _marker_pid(fd: int) -> str:
     return holder.group(1).decode() if holder else "unknown"
 
 
+def _run_id(content: bytes | None) -> str | None:
+    """The run id in a marker's content; "" for a marker of an adios from before run ids;
+    None for no marker, or for another program's file of that name."""
+    if content is None or not content.startswith(MARKER_HEADER):
+        return None
+    found = re.search(rb"^run ([0-9a-f]{32})$", content, re.MULTILINE)
+    return found.group(1).decode() if found else ""
+
+
+def _read_marker(path: Path) -> bytes | None:
+    """The marker's first bytes; None when there is none, or it is a link or not a file."""
+    try:
+        fd = os.open(path / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return os.pread(fd, 4096, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    finally:
+        os.close(fd)
+
+
 def holder_pid(path: Path) -> str | None:
     """The pid of the live process that holds ``path``'s run lock ("unknown" if it did not
     say), or None when no process holds it; takes nothing and creates nothing."""
     try:
-        fd = os.open(Path(path) / MARKER, os.O_RDONLY)
+        fd = os.open(Path(path) / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
@@ -88,6 +130,7 @@ class RunDir:
         self.checkpoint_epoch: int | None = None  # of the checkpoint on disk, once known
         self.config_sha256: str | None = None
         self.resumes: list[dict[str, Any]] = []  # what each resume changed
+        self.run_id = ""  # the marker's, once locked; "" for a run from before run ids
         self._lock_fd: int | None = None
         self._closers: list[Any] = []
 
@@ -102,10 +145,13 @@ class RunDir:
     # ---------------------------------------------------------------- lock
 
     def lock(self) -> None:
-        """Take the run's exclusive lock, or stop naming the process that holds it."""
+        """Take the run's exclusive lock (and its run id), or stop naming the process that
+        holds it. The marker is never opened through a symbolic link."""
         try:
-            fd = os.open(self.path / MARKER, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path / MARKER, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise _link_error(self.path / MARKER) from None
             raise RunDirError(f"{self.path}: cannot write in this run directory "
                               f"({err.strerror or err}); choose another run_dir") from None
         for attempt in range(LOCK_TRIES):
@@ -122,12 +168,27 @@ class RunDir:
                     f"{self.path} is in use by another adios process (pid {pid}); wait for it "
                     f"to finish or stop it, or choose another run_dir"
                 ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"adios run directory (docs/running.md); locked by pid {os.getpid()}\n"
-                  .encode(), 0)
         self._lock_fd = fd
+        self.run_id = _run_id(os.pread(fd, 4096, 0)) or ""
+        self._write_marker()
         global _active
         _active = self
+
+    def start_new(self) -> None:
+        """This directory now holds a new run: a new run id in the marker, nothing to load."""
+        self.resume = False
+        self.run_id = secrets.token_hex(16)
+        self._write_marker()
+
+    def _write_marker(self) -> None:
+        """The header, the run id and our pid; written over the old content, then cut to
+        length, so a kill in between still leaves the header and the new id first."""
+        if self._lock_fd is None:
+            return
+        text = (MARKER_HEADER + b"\n" + (f"run {self.run_id}\n" if self.run_id else "").encode()
+                + f"locked by pid {os.getpid()}\n".encode())
+        os.pwrite(self._lock_fd, text, 0)
+        os.ftruncate(self._lock_fd, len(text))
 
     def release(self) -> None:
         global _active
@@ -150,6 +211,22 @@ class RunDir:
 
     def load_checkpoint(self) -> dict[str, Any]:
         checkpoint = load_checkpoint(self.path / CHECKPOINT, required=CHECKPOINT_KEYS)
+        owner = checkpoint.get("run_id")
+        if owner and self.run_id and owner != self.run_id:
+            raise RunDirError(
+                f"{self.path / CHECKPOINT} belongs to another run (run id {owner}, this "
+                f"directory's is {self.run_id}): it was copied here; resume the run it came "
+                f"from, or remove it from {self.path}")
+        bad = nonfinite({"encoder": checkpoint["objective"], "masker": checkpoint.get("masker"),
+                         "online probe": checkpoint.get("probe")})
+        if bad:
+            raise NonFiniteError(
+                f"{self.path / CHECKPOINT}: non-finite (NaN or inf) weights in the "
+                f"{' and '.join(bad)}; adios never saves such a checkpoint, so the file was "
+                f"changed: restore it, or start the run again (--overwrite)")
+        if owner and not self.run_id:  # a marker from before run ids: the checkpoint's
+            self.run_id = owner
+            self._write_marker()
         self.checkpoint_epoch = checkpoint["epoch"]
         self.resumes = list(checkpoint.get("resumes") or [])
         return checkpoint
@@ -159,8 +236,11 @@ class RunDir:
         parts = {"encoder": state.get("objective"), "masker": state.get("masker"),
                  "online probe": state.get("probe")}
         _check_finite(parts, self, f"at the end of epoch {state['epoch']}")
-        save_atomic({**state, "config_sha256": self.config_sha256, "resumes": self.resumes},
-                    self.path / CHECKPOINT)
+        if not self.run_id:  # resumed from a marker without one: this run now has an id
+            self.run_id = secrets.token_hex(16)
+            self._write_marker()
+        save_atomic({**state, "config_sha256": self.config_sha256, "resumes": self.resumes,
+                     "run_id": self.run_id}, self.path / CHECKPOINT)
         self.checkpoint_epoch = state["epoch"]
 
     def check_finite(self, parts: dict[str, nn.Module | None], step: int) -> None:
@@ -232,38 +312,24 @@ def open_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> RunDir:
         _active.release()  # one run at a time per process (an earlier one failed in-process)
     path = _default_path(cfg) if cfg.run_dir is None else Path(cfg.run_dir)
     if path.exists() and not path.is_dir():
+        if resume:
+            raise RunDirError(f"cannot resume {path}: it is a file, not a run directory; give "
+                              f"the run directory that holds {CONFIG} and {CHECKPOINT}")
         raise RunDirError(f"run_dir: {path} is a file, not a folder; choose another run_dir")
     if resume and not path.is_dir():
         raise RunDirError(f"cannot resume {path}: no such directory; start the run with "
                           f"adios train run_dir={path}")
     if path.is_dir():
-        ours, empty = _is_ours(path), _is_empty(path)
-        if not (ours or empty):
-            if resume:
-                raise RunDirError(f"cannot resume {path}: it is not an adios run directory "
-                                  f"(it has no {CONFIG} and {MARKER})")
-            raise RunDirError(
-                f"run directory {path} exists and is not empty, and it is not an adios run "
-                f"(no {CONFIG} and {MARKER})"
-                + ("; --overwrite only replaces adios runs, so nothing was deleted"
-                   if overwrite else "")
-                + ": choose another run_dir, or empty it yourself"
-            )
+        _refuse_links(path)
+        if _run_id(_read_marker(path)) is None and not _is_empty(path):
+            raise _not_ours(path, resume=resume, overwrite=overwrite)
         run = RunDir(path, resume=resume)
         run.lock()
-        has_checkpoint = (path / CHECKPOINT).is_file()
-        if ours and has_checkpoint and not (resume or overwrite):
+        try:
+            _prepare(run, overwrite=overwrite)
+        except BaseException:
             run.release()
-            raise RunDirError(
-                f"run directory {path} exists and is not empty: it holds a run with a "
-                f"checkpoint; pass --resume {path} to continue it, or --overwrite to replace it"
-            )
-        if not has_checkpoint or overwrite:
-            run.resume = False
-            if not empty:
-                if not overwrite:
-                    _tell(f"restarting {path}: its run stopped before its first checkpoint")
-                _empty(path, run)
+            raise
         _remove_temporaries(path)
     else:
         try:
@@ -273,16 +339,55 @@ def open_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> RunDir:
                               f"a writable location") from None
         run = RunDir(path, resume=False)
         run.lock()
+        run.start_new()
     cfg.run_dir = str(path)
     return run
+
+
+def _prepare(run: RunDir, overwrite: bool) -> None:
+    """Under the lock: keep the run (to resume it), start it again, or refuse; deletes only
+    what adios wrote, and only from a run whose marker has a run id."""
+    path = run.path
+    if _is_empty(path):
+        run.start_new()
+        return
+    has_checkpoint = (path / CHECKPOINT).is_file()
+    if has_checkpoint and not overwrite:
+        if not run.resume:
+            raise RunDirError(
+                f"run directory {path} exists and is not empty: it holds a run with a "
+                f"checkpoint; pass --resume {path} to continue it, or --overwrite to replace it")
+        return
+    if not run.run_id:
+        raise RunDirError(
+            f"{path} was made by an adios older than run ids, whose marker does not prove which "
+            f"files in it adios wrote, so nothing was deleted: "
+            + (f"continue it with adios train --resume {path}, " if has_checkpoint else "")
+            + "choose another run_dir, or empty it yourself")
+    results = [name for name in RESULTS if (path / name).exists()]
+    if results and not overwrite:
+        raise RunDirError(
+            f"{path} holds a finished run ({', '.join(results)}) without its {CHECKPOINT}, so it "
+            f"cannot be continued, and it is not restarted: pass --overwrite to replace it (only "
+            f"the files adios wrote are deleted), or choose another run_dir")
+    if not overwrite:
+        _tell(f"restarting {path}: its run stopped before its first checkpoint")
+    _empty(path)
+    run.start_new()
 
 
 def resume_config(path: Path, overrides: list[str]) -> Config:
     """The configuration to resume ``path`` with: its config.yaml plus ``overrides``."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"cannot resume {path}: it is a file, not a run directory; give "
+                          f"the run directory that holds {CONFIG} and {CHECKPOINT}")
     if not path.is_dir():
         raise RunDirError(f"cannot resume {path}: no such directory; start the run with "
                           f"adios train run_dir={path}")
+    _refuse_links(path)
+    if _run_id(_read_marker(path)) is None:
+        raise _not_ours(path, resume=True, overwrite=False)
     if not (path / CONFIG).is_file():
         raise RunDirError(f"cannot resume {path}: it holds no {CONFIG}, so it is not an adios run")
     if any(item.startswith("preset=") for item in overrides):
@@ -329,38 +434,84 @@ def _default_path(cfg: Config) -> Path:
     return path
 
 
-def _is_ours(path: Path) -> bool:
-    """config.yaml and the marker (or, for runs older than the marker, a checkpoint)."""
-    return (path / CONFIG).is_file() and ((path / MARKER).is_file()
-                                          or (path / CHECKPOINT).is_file())
+def _not_ours(path: Path, *, resume: bool, overwrite: bool) -> RunDirError:
+    why = f"it has no {MARKER} written by adios"
+    if resume:
+        legacy = (path / CONFIG).is_file() and (path / CHECKPOINT).is_file()
+        return RunDirError(
+            f"cannot resume {path}: it is not an adios run directory ({why})"
+            + (f"; if an adios from before run markers made it, mark it with printf "
+               f"'{MARKER_HEADER.decode()}\\n' > {path / MARKER}" if legacy else ""))
+    return RunDirError(
+        f"run directory {path} exists and is not empty, and it is not an adios run ({why})"
+        + ("; --overwrite only replaces adios runs, so nothing was deleted" if overwrite else "")
+        + ": choose another run_dir, or empty it yourself")
+
+
+def _link_error(link: Path) -> RunDirError:
+    return RunDirError(f"{link} is a symbolic link: adios never writes through a link in a run "
+                       f"directory (it could write outside it); remove the link, or choose "
+                       f"another run_dir")
+
+
+def _refuse_links(path: Path) -> None:
+    """A run directory holding a symbolic link anywhere is refused before anything is written."""
+    for folder, dirs, names in os.walk(path):
+        for name in dirs + names:
+            if os.path.islink(os.path.join(folder, name)):
+                raise _link_error(Path(folder) / name)
 
 
 def _is_empty(path: Path) -> bool:
-    """Nothing, or only what an interrupted start leaves: the marker and temporary files."""
-    return all(entry.name == MARKER or is_temporary(entry) for entry in path.iterdir())
+    """Nothing, or only what an interrupted start leaves: our marker and temporary files."""
+    return all(is_temporary(entry) or (entry.name == MARKER
+                                       and _run_id(_read_marker(path)) is not None)
+               for entry in path.iterdir())
 
 
-def _empty(path: Path, run: RunDir) -> None:
-    """Delete everything in ``path`` but the (held) marker; never the working directory."""
+def _written(entry: Path, patterns: tuple[str, ...]) -> bool:
+    return entry.is_file() and (is_temporary(entry)
+                                or any(fnmatch.fnmatchcase(entry.name, p) for p in patterns))
+
+
+def _empty(path: Path) -> None:
+    """Delete the files adios wrote in ``path`` (never the marker, never anything else);
+    refuses the working directory and the folders above it."""
     here = Path.cwd().resolve()
     if here == path.resolve() or path.resolve() in here.parents:
-        run.release()
         raise RunDirError(f"run_dir: {path} is the working directory or a folder above it; "
                           f"refusing to empty it: choose another run_dir")
-    for entry in path.iterdir():
-        if entry.name == MARKER:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
+    kept = []
+    for entry in sorted(path.iterdir()):
+        inside = WRITTEN_INSIDE.get(entry.name)
+        if inside is not None and entry.is_dir():
+            if entry.name == "wandb":
+                shutil.rmtree(entry)
+                continue
+            for sub in sorted(entry.iterdir()):
+                if _written(sub, inside):
+                    sub.unlink()
+                else:
+                    kept.append(sub)
+            with contextlib.suppress(OSError):
+                entry.rmdir()  # only when nothing else is left in it
+        elif entry.name != MARKER and _written(entry, WRITTEN):
             entry.unlink()
+        elif entry.name != MARKER:
+            kept.append(entry)
+    if kept:
+        _tell(f"kept {len(kept)} file{'s' if len(kept) > 1 else ''} adios did not write in "
+              f"{path}: " + ", ".join(str(p.relative_to(path)) for p in kept[:5])
+              + (", ..." if len(kept) > 5 else ""))
 
 
 def _remove_temporaries(path: Path) -> None:
     """Temporary files of writes a dead process never finished (we hold the lock)."""
-    for entry in path.iterdir():
-        if is_temporary(entry) and entry.is_file():
-            entry.unlink(missing_ok=True)
+    for folder in (path, *(path / name for name in WRITTEN_INSIDE)):
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if is_temporary(entry) and entry.is_file():
+                    entry.unlink(missing_ok=True)
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -254,8 +254,8 @@ def test_8_interrupts_say_which_checkpoint_is_intact_and_rerun_without_overwrite
 def test_8_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(tmp_path):
     run = tmp_path / "run"
     assert train(run, *ONE_EPOCH) == 0
-    (run / "checkpoint.pt").unlink()  # what a kill during epoch 1 leaves: config.yaml, marker
-    (run / "summary.json").unlink()
+    for name in ("checkpoint.pt", "summary.json", "encoder.safetensors", "masker.safetensors"):
+        (run / name).unlink()  # what a kill during epoch 1 leaves: config.yaml, marker, logs
     assert main(["train", "--resume", str(run)]) == 0
     assert load(run / "checkpoint.pt")["epoch"] == 1 and (run / "summary.json").is_file()
 
@@ -268,3 +268,145 @@ def test_9_a_batch_larger_than_the_dataset_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "optim.batch_size: 64 is more than the 32 training images" in err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------- issue 29: only what adios made is deleted
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished one-epoch run, copied by each test that changes it."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert train(run, *ONE_EPOCH) == 0
+    return run
+
+
+def copy_run(finished, tmp_path, name: str = "run"):
+    run = tmp_path / name
+    shutil.copytree(finished, run, symlinks=True)
+    (run / "notes.txt").write_text("my notes on this run")  # the user's own file
+    return run
+
+
+def test_29_1_a_finished_run_without_its_checkpoint_is_never_restarted(
+        finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    (run / "checkpoint.pt").unlink()  # the user kept only the weights
+    before = files(run)
+    for argv in (["train", f"run_dir={run}", *ONE_EPOCH], ["train", "--resume", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "holds a finished run (encoder.safetensors, masker.safetensors, summary.json)" in err
+        assert "restarting" not in err and "--overwrite" in err
+        assert {k: v for k, v in files(run).items() if k != MARKER} == {
+            k: v for k, v in before.items() if k != MARKER}
+    assert train(run, *ONE_EPOCH, "seed=1", "--overwrite") == 0
+    assert "kept 1 file adios did not write" in capsys.readouterr().err
+    assert (run / "notes.txt").read_text() == "my notes on this run"
+    assert (run / "encoder.safetensors").read_bytes() != before["encoder.safetensors"]
+
+
+def test_29_1_restart_and_overwrite_delete_only_what_adios_wrote(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    (run / "masks").mkdir(exist_ok=True)
+    (run / "masks" / "favourite.png").write_bytes(b"mine")
+    (run / "eval_knn.json").write_text("{}")  # adios eval's: part of the run
+    assert train(run, *ONE_EPOCH, "--overwrite") == 0
+    assert (run / "notes.txt").read_text() == "my notes on this run"
+    assert (run / "masks" / "favourite.png").read_bytes() == b"mine"
+    assert not (run / "eval_knn.json").exists()
+    for name in ("checkpoint.pt", "summary.json", "encoder.safetensors", "masker.safetensors"):
+        (run / name).unlink()  # as if killed during epoch 1
+    capsys.readouterr()
+    assert train(run, *ONE_EPOCH) == 0
+    assert "restarting" in capsys.readouterr().err
+    assert (run / "notes.txt").read_text() == "my notes on this run"
+    assert (run / "masks" / "favourite.png").read_bytes() == b"mine"
+
+
+def test_29_2_a_folder_is_a_run_only_by_a_marker_adios_wrote(finished, tmp_path, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.yaml").write_text("lr: 0.1\n")
+    (foreign / "checkpoint.pt").write_bytes(b"another tool's weights")
+    (foreign / "data").mkdir()
+    (foreign / "data" / "images.bin").write_bytes(b"irreplaceable")
+    for marker in (None, b"", b"anything at all\n"):
+        if marker is not None:
+            (foreign / MARKER).write_bytes(marker)
+        before = files(foreign)
+        for argv in (["train", f"run_dir={foreign}", *ONE_EPOCH],
+                     ["train", f"run_dir={foreign}", *ONE_EPOCH, "--overwrite"],
+                     ["train", "--resume", str(foreign)]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert "not an adios run" in err and f"no {MARKER} written by adios" in err, argv
+            assert "--overwrite to replace" not in err
+            assert files(foreign) == before, argv  # not even a marker added
+    # a checkpoint copied from another run is not this run's
+    run, other = copy_run(finished, tmp_path), copy_run(finished, tmp_path, "other")
+    assert train(other, *ONE_EPOCH, "--overwrite") == 0  # a new run id
+    shutil.copy(other / "checkpoint.pt", run / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "train.epochs=2"]) == 2
+    assert "belongs to another run" in capsys.readouterr().err
+
+
+def test_29_2_a_run_of_an_older_adios_is_resumed_but_never_emptied(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    (run / MARKER).write_text("adios run directory (docs/running.md); locked by pid 12\n")
+    state = load(run / "checkpoint.pt")
+    del state["run_id"]
+    torch.save(state, run / "checkpoint.pt")
+    before = files(run)
+    assert train(run, *ONE_EPOCH, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "older than run ids" in err and "nothing was deleted" in err
+    assert f"--resume {run}" in err
+    assert {k: v for k, v in files(run).items() if k != MARKER} == {
+        k: v for k, v in before.items() if k != MARKER}
+    assert main(["train", "--resume", str(run), "train.epochs=2"]) == 0
+    run_id = load(run / "checkpoint.pt")["run_id"]
+    assert f"run {run_id}" in (run / MARKER).read_text()
+    assert train(run, *ONE_EPOCH, "--overwrite") == 0  # now it is one of ours
+    assert (run / "notes.txt").read_text() == "my notes on this run"
+
+
+def test_29_3_nothing_is_written_through_a_symbolic_link(finished, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = copy_run(finished, tmp_path)
+    (run / MARKER).unlink()
+    (run / MARKER).symlink_to("../victim.txt")
+    for argv in (["train", f"run_dir={run}", *ONE_EPOCH, "--overwrite"],
+                 ["train", "--resume", str(run), "train.epochs=2"]):
+        assert main(argv) == 2
+        assert f"{run / MARKER} is a symbolic link" in capsys.readouterr().err
+        assert victim.read_text() == "precious"
+    (run / MARKER).unlink()
+    (run / MARKER).symlink_to("../created.txt")  # a dangling link creates nothing
+    assert main(["train", "--resume", str(run)]) == 2
+    assert not (tmp_path / "created.txt").exists()
+    # a linked folder (tb/, masks/) in a run of ours would receive its event files, pictures
+    run = copy_run(finished, tmp_path, "linked")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(run / "tb")
+    (run / "tb").symlink_to(elsewhere)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "train.epochs=2"]) == 2
+    assert f"{run / 'tb'} is a symbolic link" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_29_4_a_checkpoint_with_non_finite_weights_is_not_resumed_or_exported(
+        finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    state = load(run / "checkpoint.pt")
+    next(iter(state["objective"].values())).view(-1)[0] = float("nan")
+    torch.save(state, run / "checkpoint.pt")
+    (run / "encoder.safetensors").unlink()
+    assert main(["train", "--resume", str(run)]) == 2  # no epoch left: it would only export
+    err = capsys.readouterr().err
+    assert "checkpoint.pt: non-finite (NaN or inf) weights in the encoder" in err
+    assert not (run / "encoder.safetensors").exists()
