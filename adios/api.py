@@ -11,6 +11,7 @@ The building blocks re-exported here are the ones the trainer itself uses (docs/
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from adios.checkpoint import nonfinite
 from adios.config import Config, load_config, to_dict
 from adios.data.augment import TwoViewAugment, ViewConfig, normalize
+from adios.errors import AdiosError
 from adios.masking.adios import (
     frozen,
     mask_confidence,
@@ -42,8 +45,9 @@ MASKER_FILE = "masker.safetensors"
 FORMAT = 1  # bumped when the meaning of a metadata key changes
 
 
-class ModelFileError(ValueError):
-    """A weights file that cannot be turned into a module (no metadata, wrong kind, missing)."""
+class ModelFileError(AdiosError, ValueError):
+    """A weights file that cannot be turned into a module (no metadata, wrong kind, missing,
+    a header that does not describe its weights, weights that are not finite floats)."""
 
 
 def _version() -> str:
@@ -88,12 +92,52 @@ def masker_metadata(cfg: Config) -> dict[str, str]:
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The decoded adios metadata of a safetensors file; empty for a file written without it."""
-    with safe_open(str(path), framework="pt") as handle:
-        raw = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+    except Exception as err:  # safetensors raises its own error type for a broken file
+        raise ModelFileError(f"{path}: not a readable safetensors file "
+                             f"({' '.join(str(err).split()):.200})") from None
     try:
         return {key: json.loads(value) for key, value in sorted(raw.items())}
     except json.JSONDecodeError as err:
         raise ModelFileError(f"{path}: header metadata is not adios metadata ({err})") from None
+
+
+def _checked_module(weights: Path, build: Callable[[], nn.Module]) -> nn.Module:
+    """The module ``build`` makes, holding the file's weights. The header's description is first
+    built without memory (on the meta device) and compared with the file's tensor names and
+    shapes, so a header that lies cannot allocate a huge model; the weights must be finite and
+    of the module's own dtypes."""
+    try:
+        with torch.device("meta"):
+            expected = build().state_dict()
+    except Exception as err:  # a header value no model accepts: KeyError, ValueError, ...
+        raise ModelFileError(f"{weights}: its header does not describe a model adios builds "
+                             f"({type(err).__name__}: {err}); export it again") from None
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    except Exception as err:
+        raise ModelFileError(f"{weights}: not a readable safetensors file "
+                             f"({' '.join(str(err).split()):.200})") from None
+    wrong = sorted(key for key in expected.keys() | shapes.keys()
+                   if key not in expected or tuple(expected[key].shape) != shapes.get(key))
+    if wrong:
+        raise ModelFileError(
+            f"{weights}: its weights do not match the model its header describes ({len(wrong)} "
+            f"tensors missing, extra or of another shape, e.g. {wrong[0]}); export it again")
+    state = load_file(str(weights))
+    odd = sorted(key for key, t in state.items() if t.dtype != expected[key].dtype)
+    if odd:
+        raise ModelFileError(f"{weights}: {odd[0]} is {state[odd[0]].dtype}, not "
+                             f"{expected[odd[0]].dtype}; export it again")
+    if nonfinite({"weights": state}):
+        raise ModelFileError(f"{weights}: non-finite (NaN or inf) weights; the model diverged "
+                             f"or the file was changed")
+    module = build()
+    module.load_state_dict(state)
+    return module
 
 
 def _locate(path: str | Path, file_name: str, kind: str) -> tuple[Path, dict[str, Any]]:
@@ -148,8 +192,7 @@ def load_encoder(path_or_run_dir: str | Path, device: str | torch.device = "cpu"
     """A trained encoder in eval mode, mapping normalised images (B, 3, S, S) to features
     (B, out_dim); ``module.adios_metadata`` says S, the mean/std to normalise with, and more."""
     weights, meta = _locate(path_or_run_dir, ENCODER_FILE, "encoder")
-    module = _encoder_module(meta)
-    module.load_state_dict(load_file(str(weights)))
+    module = _checked_module(weights, lambda: _encoder_module(meta))
     module.adios_metadata = meta
     return module.to(device).eval()
 
@@ -158,8 +201,7 @@ def load_masker(path_or_run_dir: str | Path, device: str | torch.device = "cpu")
     """A trained masker in eval mode: for ADIOS, normalised images -> N soft masks summing to 1
     (for token-adios, the token masker's patch scores)."""
     weights, meta = _locate(path_or_run_dir, MASKER_FILE, "masker")
-    module = build_masker(load_config([], base=meta["config"]))
-    module.load_state_dict(load_file(str(weights)))
+    module = _checked_module(weights, lambda: build_masker(load_config([], base=meta["config"])))
     module.adios_metadata = meta
     return module.to(device).eval()
 

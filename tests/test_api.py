@@ -151,3 +151,42 @@ def test_token_masker_loads_from_its_header(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), masker(x))
+
+
+def _small_encoder_file(tmp_path, **header_changes):
+    """A width-4 encoder file whose header is changed as given (the weights are not)."""
+    cfg = load_config(["model.width=4"])
+    backbone = build_backbone("resnet18", 32, width=4, stem="cifar")
+    header = encoder_metadata(cfg, backbone)
+    header.update({key: json.dumps(value) for key, value in header_changes.items()})
+    path = tmp_path / "encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in backbone.state_dict().items()}, str(path),
+              metadata=header)
+    return path, backbone.state_dict()
+
+
+def test_29_4_load_encoder_refuses_non_finite_or_integer_weights(tmp_path):
+    path, state = _small_encoder_file(tmp_path)
+    meta = read_metadata(path)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    for value, match in ((state[key].clone().fill_(float("nan")), "non-finite"),
+                         (state[key].to(torch.int8), "is torch.int8, not torch.float32")):
+        save_file({**state, key: value}, str(path),
+                  metadata={k: json.dumps(v) for k, v in meta.items()})
+        with pytest.raises(ModelFileError, match=match):
+            adios.load_encoder(path)
+
+
+@pytest.mark.parametrize("header", [
+    {"width": 4096},  # would allocate 1.2 GB before looking at the weights
+    {"backbone": "vit_tiny", "image_size": 100000, "patch_size": 16},  # 60 GB
+    {"backbone": "no_such_net"}, {"width": "wide"},
+])
+def test_29_10_a_header_that_lies_is_one_error_before_any_allocation(tmp_path, header):
+    path, _ = _small_encoder_file(tmp_path, **header)
+    torch.manual_seed(0)
+    with pytest.raises(ModelFileError, match=str(path)):
+        adios.load_encoder(path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+        adios.load_encoder(path)
