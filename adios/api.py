@@ -25,6 +25,7 @@ from torch import nn
 from adios.checkpoint import nonfinite
 from adios.config import Config, load_config, to_dict
 from adios.data.augment import TwoViewAugment, ViewConfig, normalize
+from adios.data.datasets import fit_size
 from adios.errors import AdiosError
 from adios.masking.adios import (
     frozen,
@@ -57,10 +58,21 @@ def _version() -> str:
 
 
 def _common(cfg: Config, kind: str) -> dict[str, Any]:
+    """What every exported file says about itself: nothing about where it was trained (no
+    path), since weights are shared."""
     return {"format": FORMAT, "kind": kind, "image_size": cfg.data.image_size,
             "mean": list(cfg.data.mean), "std": list(cfg.data.std), "preset": cfg.preset,
-            "dataset": cfg.data.name, "adios_version": _version(),
-            "config": to_dict(cfg)}  # the whole resolved configuration, as config.yaml holds it
+            "dataset": cfg.data.name, "adios_version": _version()}
+
+
+def _masker_config(cfg: Config) -> dict[str, Any]:
+    """The settings :func:`build_masker` rebuilds a masker from, and nothing else."""
+    full = to_dict(cfg)
+    return {"data": {"name": cfg.data.name, "image_size": cfg.data.image_size,
+                     "mean": full["data"]["mean"], "std": full["data"]["std"]},
+            "model": {"backbone": cfg.model.backbone}, "masker": full["masker"],
+            "masking": {"mode": cfg.masking.mode, "schedule": cfg.masking.schedule},
+            "objective": {"name": cfg.objective.name}}
 
 
 def _encode(values: dict[str, Any]) -> dict[str, str]:
@@ -85,8 +97,8 @@ def masker_metadata(cfg: Config) -> dict[str, str]:
     itself is rebuilt from the configuration, by the trainer's own build_masker)."""
     values = _common(cfg, "masker")
     m = cfg.masker
-    values.update(mode=cfg.masking.mode, n_masks=m.n_masks, fbase=m.fbase, norm=m.norm,
-                  blur_sigma=m.blur_sigma)
+    values.update(config=_masker_config(cfg), mode=cfg.masking.mode, n_masks=m.n_masks,
+                  fbase=m.fbase, norm=m.norm, blur_sigma=m.blur_sigma)
     return _encode(values)
 
 
@@ -207,12 +219,15 @@ def load_masker(path_or_run_dir: str | Path, device: str | torch.device = "cpu")
 
 
 def preprocess(module: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """uint8 images (B, 3, S, S) of the module's size, normalised as it was trained."""
+    """uint8 images, channels first (B, 3, H, W), of any size, as the module was trained on
+    them: resized (shorter side) to its image size, centre-cropped, normalised."""
     meta = module.adios_metadata
-    size = meta["image_size"]
-    if images.dtype != torch.uint8 or tuple(images.shape[-2:]) != (size, size):
-        raise ValueError(f"expected uint8 images of {size}x{size} px, got {images.dtype} "
-                         f"{tuple(images.shape)}")
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        hint = (" (channels last: pass images.permute(0, 3, 1, 2))"
+                if images.dim() == 4 and images.shape[-1] == 3 else "")
+        raise ValueError(f"expected uint8 images, channels first (B, 3, H, W), got "
+                         f"{images.dtype} {tuple(images.shape)}{hint}")
+    images = fit_size(images, meta["image_size"])
     return normalize(images.to(next(module.parameters()).device), meta["mean"], meta["std"])
 
 

@@ -14,7 +14,17 @@ from pathlib import Path
 
 import yaml
 
-from adios.config import describe, load_config, preset_names, read_preset, to_dict
+from adios.config import (
+    DEFAULT_PRESET,
+    Config,
+    DataConfig,
+    describe,
+    load_config,
+    parse_overrides,
+    preset_names,
+    read_preset,
+    to_dict,
+)
 from adios.errors import AdiosError, ConfigError, NonFiniteError
 
 OVERRIDES_HELP = (
@@ -32,12 +42,40 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         cfg = resume_config(args.resume, args.overrides)
     else:
-        cfg = load_config(args.overrides)
+        cfg = _config_for_path(args.overrides)
     run_dir = train(cfg, resume=args.resume is not None, overwrite=args.overwrite,
                     stop_after_epoch=args.stop_after_epoch)
     if os.environ.get("RANK", "0") == "0":  # torchrun: one process reports
         print(run_dir)
     return 0
+
+
+def _config_for_path(overrides: list[str], training: bool = True) -> Config:
+    """The configuration, its ``data.name`` read off what ``data.path`` holds unless given (a
+    name that contradicts the path is an error). A training run says when the name changes,
+    and which of the scenes preset's settings then apply to other data."""
+    from adios.data.readers import ARRAY_FORMATS, dataset_name
+
+    tree = parse_overrides(overrides)
+    preset = tree.get("preset", DEFAULT_PRESET)
+    given = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    preset_data = read_preset(preset).get("data", {}) if isinstance(preset, str) else {}
+    named = given.get("name", preset_data.get("name", DataConfig.name))
+    path = given.get("path", preset_data.get("path"))
+    explicit = "name" in given or named in ARRAY_FORMATS  # given, or a preset's for its data
+    name = named if path is None else dataset_name(named, path, explicit)
+    cfg = load_config(overrides if name == named else [*overrides, f"data.name={name}"])
+    if training and name != named:
+        note = f"adios: data.path={path}: data.name={name} (read off the folder)"
+        if named == "shapes":
+            view = cfg.augment.view_a
+            note += (f"; preset {cfg.preset} was tuned on the built-in scenes and its settings "
+                     f"apply as they are (augment hue {view.hue}, crop scale "
+                     f"{list(view.crop_scale)}, data.num_train={cfg.data.num_train}, "
+                     f"{cfg.train.epochs} epochs): override augment.view_a.* / view_b.* and "
+                     "data.num_train to change them")
+        print(note, file=sys.stderr)
+    return cfg
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -62,9 +100,8 @@ def _data_check(args: argparse.Namespace) -> int:
     if len(paths) > 1:
         raise ConfigError(f"data.path: give one PATH, got {' '.join(paths)}")
     overrides = [word for word in args.overrides if "=" in word]
-    cfg = load_config(overrides + [f"data.path={p}" for p in paths])
-    explicit = any(w.startswith(("preset=", "data.name=")) for w in overrides)
-    return check_dataset(cfg.data, detect=not explicit, progress=not args.no_progress)
+    cfg = _config_for_path(overrides + [f"data.path={p}" for p in paths], training=False)
+    return check_dataset(cfg.data, detect=False, progress=not args.no_progress)
 
 
 def _bench_data(args: argparse.Namespace) -> int:
@@ -117,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", type=Path,
                    help="continue a run from its last checkpoint (overrides apply on top)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing, non-empty run directory (train.run_dir)")
+                   help="replace an existing, non-empty run directory (run_dir)")
     p.add_argument("--stop-after-epoch", type=int, metavar="K",
                    help="stop (resumably) after epoch K, e.g. to train in chunks")
     p.set_defaults(func=_train)

@@ -24,6 +24,7 @@ from adios.config_data import SceneConfig, ViewConfig
 from adios.errors import ConfigError
 
 DEFAULT_PRESET = "shapes-simclr-adios"
+SCENE_MEAN, SCENE_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # data.mean/std of the scenes
 
 
 @dataclass
@@ -46,8 +47,10 @@ class DataConfig:
     memory_limit_mb: int = 4096
     workers: int | None = None  # decoding processes; null: the usable cores, at most 8
     bad_files: Literal["error", "skip"] = "error"  # folder: undecodable images stop the run
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    # normalisation; null: measured on the training images when the data is loaded (`adios data
+    # check` prints them), and recorded in the run's config.yaml; the scenes: 0.5 and 0.25
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     # folder: null = every image resized (shorter side) to image_size and centre-cropped; an int
     # = the whole image kept, longer side resized to load_size (zero-padded to a square), and the
     # training crops drawn from it as the reference does (docs/fidelity.md: memory and start-up)
@@ -66,7 +69,10 @@ class DataConfig:
                "only class-folder datasets (data.name=folder) can be streamed")
         _check(self.memory_limit_mb >= 0, "memory_limit_mb", "must be >= 0")
         _check(self.workers is None or self.workers >= 0, "workers", "must be >= 0")
-        _check(all(s > 0 for s in self.std), "std", "must be positive")
+        if self.name == "shapes":  # the scenes' fixed statistics, whatever they hold
+            self.mean = self.mean or SCENE_MEAN
+            self.std = self.std or SCENE_STD
+        _check(self.std is None or all(s > 0 for s in self.std), "std", "must be positive")
         _check(self.load_size is None or self.name == "folder", "load_size",
                "applies to data.name=folder only (the other readers keep the whole image)")
         _check(self.load_size is None or self.load_size >= self.image_size, "load_size",

@@ -1,5 +1,5 @@
 """Metrics to a JSONL file (for scripts and reports), to TensorBoard (for looking) and, when asked
-(``train.wandb_project``), to Weights & Biases.
+(``train.wandb_project``), to Weights & Biases; the mask pictures to the last two as images.
 
 The JSONL file is the record every report and test reads; the other sinks are views of it.
 """
@@ -42,6 +42,20 @@ class MetricsLog:
             self.writer.add_scalar(key, value, step)
         if self.wandb is not None:
             self.wandb.log({**scalars, "epoch": row.get("epoch", 0)}, step=step)
+
+    def image(self, tag: str, png: Path, step: int) -> None:
+        """A picture (a mask figure's PNG) to TensorBoard and W&B, to watch during training."""
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(png) as picture:
+            pixels = np.asarray(picture.convert("RGB"))
+        self.writer.add_image(tag, pixels, step, dataformats="HWC")
+        self.writer.flush()
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({tag: wandb.Image(str(png))}, step=step)
 
     def close(self) -> None:
         self.file.close()
@@ -105,6 +119,9 @@ class NullLog:
     """The log of a process that does not write (all but process 0 under torchrun)."""
 
     def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def image(self, tag: str, png: Path, step: int) -> None:
         pass
 
     def close(self) -> None:

@@ -8,6 +8,8 @@ run resumed from epoch k ends with exactly the parameters of an uninterrupted ru
 from __future__ import annotations
 
 import copy
+import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from adios.engine import (
     train_step,
 )
 from adios.errors import ConfigError, RunDirError
-from adios.evaluation.features import extract_features, predict_masks
+from adios.evaluation.features import extract_features, feature_spread, predict_masks
 from adios.evaluation.knn import knn_predict
 from adios.evaluation.mask_metrics import image_variation, mask_quality
 from adios.evaluation.scores import balanced_accuracy, majority_rate
@@ -42,7 +44,7 @@ from adios.masking.blobs import random_blob_masks
 from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
 from adios.perf import check_precision, peak_memory_mb, pick_device
 from adios.rundir import open_run_dir
-from adios.runlog import MetricsLog, NullLog
+from adios.runlog import MetricsLog, NullLog, read_metrics
 from adios.viz import mask_figure
 
 CHECKPOINT = "checkpoint.pt"
@@ -94,6 +96,11 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     if cfg.optim.batch_size > n_train:
         raise ConfigError(f"optim.batch_size: {cfg.optim.batch_size} is more than the {n_train} "
                           f"training images; lower it or use more images (data.num_train)")
+    if cfg.data.mean is None or cfg.data.std is None:  # measured on the training images
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+            cfg.data, mean=dataset.mean, std=dataset.std))
+    if main:
+        print(startup_line(cfg, device, dataset, n_train), file=sys.stderr, flush=True)
     bank = knn_bank(s.train_split, cfg.train.knn_bank)
     init = {"backbone": copy.deepcopy(models.backbone.state_dict()),
             "masker": copy.deepcopy(models.masker.state_dict()) if models.masker else None}
@@ -175,8 +182,9 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
             shown = dataset.val.images[:8]
             masks = _picture_masks(cfg, models, shown, dataset, device)
             truth = None if dataset.val.instances is None else dataset.val.instances[:8]
-            mask_figure(shown, masks, run_dir / "masks" / f"epoch_{done:03d}.png",
-                        title=f"epoch {done}", truth=truth)
+            picture_path = mask_figure(shown, masks, run_dir / "masks" / f"epoch_{done:03d}.png",
+                                       title=f"epoch {done}", truth=truth)
+            log.image("masks/val", picture_path, done * steps_per_epoch)
         log.write(row)
         say(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
         state = {"epoch": done, "objective": models.objective.state_dict(),
@@ -205,6 +213,12 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         export_safetensors(models.masker.state_dict(), run_dir / "masker.safetensors",
                            metadata=masker_metadata(cfg))
     summary = summarize(cfg, models, init, dataset, device, run_dir)
+    if (run_dir / "masks.png").is_file():
+        log.image("masks/test", run_dir / "masks.png", total_steps)
+    if not s.labelled:  # what shows whether an unlabelled run learned: its loss, beside masks
+        losses = [r["loss"] for r in read_metrics(run_dir)
+                  if r.get("epoch") == cfg.train.epochs and "loss" in r]
+        summary["loss_last_epoch"] = sum(losses) / len(losses) if losses else None
     # wall_s: this invocation only (a resumed run's earlier sessions are not in it); train_s:
     # the seconds inside training steps over every session
     summary.update(wall_s=time.time() - started, train_s=train_s, seed=cfg.seed,
@@ -222,7 +236,16 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
     """Held-out numbers: kNN vs an untrained encoder, masks vs untrained masker and random blobs."""
     test = dataset.test
     summary: dict[str, Any] = {}
-    if test.labels is not None:
+    if test.labels is None:
+        summary["labels"] = ("none: no accuracies can be measured; judge the run by its masks "
+                             "(masks.png), its loss and the spread of its features")
+        untrained = copy.deepcopy(models.backbone)
+        untrained.load_state_dict(init["backbone"])
+        for suffix, backbone in (("", models.backbone), ("_random_init", untrained)):
+            features = extract_features(backbone, test.images, dataset.mean, dataset.std,
+                                        device, cfg.train.eval_batch_size)
+            summary[f"feature_spread{suffix}"] = feature_spread(features)
+    else:
         bank = knn_bank(dataset.train, cfg.train.knn_bank)
         scores = knn_scores(cfg, models.backbone, bank, test, dataset.num_classes, dataset,
                             device)
@@ -239,13 +262,15 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
     elif models.masker is not None:
         masks = predict_masks(models.masker, test.images, dataset.mean, dataset.std, device)
         summary["mask_sizes"] = mask_sizes(masks).mean(0).tolist()
+        untrained_masker = copy.deepcopy(models.masker)
+        untrained_masker.load_state_dict(init["masker"])
+        scored = test.images if test.instances is not None else test.images[:8]
+        untrained_masks = predict_masks(untrained_masker, scored, dataset.mean, dataset.std,
+                                        device)
         if test.instances is not None:
-            untrained_masker = copy.deepcopy(models.masker)
-            untrained_masker.load_state_dict(init["masker"])
             references = {
                 "": masks,
-                "_untrained": predict_masks(untrained_masker, test.images, dataset.mean,
-                                            dataset.std, device),
+                "_untrained": untrained_masks,
                 "_random": random_blob_masks(
                     len(test), masks.shape[1], cfg.data.image_size,
                     generator=torch.Generator().manual_seed(cfg.seed)),
@@ -256,9 +281,28 @@ def summarize(cfg: Config, models: Models, init: dict, dataset: Dataset,
                 summary[f"mask_mbo{suffix}"] = quality["mbo"]
                 summary[f"mask_image_variation{suffix}"] = image_variation(m)
                 summary[f"mask_image_variation_argmax{suffix}"] = image_variation(m, hard=True)
-            mask_figure(test.images[:8], masks[:8], run_dir / "masks.png", title="test scenes",
-                        truth=test.instances[:8], untrained=references["_untrained"][:8])
+        truth = None if test.instances is None else test.instances[:8]
+        mask_figure(test.images[:8], masks[:8], run_dir / "masks.png",
+                    title="test scenes" if truth is not None else "test images", truth=truth,
+                    untrained=untrained_masks[:8])
     return summary
+
+
+def startup_line(cfg: Config, device: torch.device, dataset: Dataset, n_train: int) -> str:
+    """What a run trains on and with, said once before the first step."""
+    where = str(device)
+    if device.type == "cuda":
+        where += f" ({torch.cuda.get_device_name(device)})"
+    else:
+        where += f", {torch.get_num_threads()} threads"
+    layout = "channels_last" if cfg.train.channels_last else "contiguous (NCHW)"
+    labels = (f"{dataset.num_classes} classes" if dataset.train.labels is not None
+              else "unlabelled")
+    fmt = lambda values: "[" + ", ".join(f"{v:.4g}" for v in values) + "]"  # noqa: E731
+    return (f"adios: {where}, precision {cfg.train.precision}, memory format {layout}; data "
+            f"{cfg.data.name}: {n_train} train / {len(dataset.val)} val / {len(dataset.test)} "
+            f"test images at {cfg.data.image_size} px, {labels}, mean {fmt(dataset.mean)} "
+            f"std {fmt(dataset.std)}")
 
 
 def _confidence(cfg: Config, models: Models, dataset: Dataset,
@@ -295,11 +339,11 @@ def _token_summary(cfg: Config, models: Models, dataset: Dataset, device: torch.
     """Token modes on scenes: the share of hidden patch area on objects, learned vs random
     (adios.masking.tokens.hidden_on_objects_report), and a picture of the hidden patches."""
     test = dataset.test
+    mask_figure(test.images[:8], _picture_masks(cfg, models, test.images[:8], dataset, device),
+                run_dir / "masks.png", title="test images: hidden patches")
     if test.instances is None:
         return {}
     scores = _token_scores(models, test.images, dataset, device)
-    mask_figure(test.images[:8], _picture_masks(cfg, models, test.images[:8], dataset, device),
-                run_dir / "masks.png", title="test scenes: hidden patches")
     return hidden_on_objects_report(scores, test.instances.cpu(), cfg.masking.keep_ratio,
                                     cfg.seed)
 

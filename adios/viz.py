@@ -7,7 +7,6 @@ pixel for pixel).
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from adios.checkpoint import temporary_name
 
 _MIN_TILE_PX = 96  # smaller images are upscaled by an integer factor to at least this size
 _PAD_PX = 5  # white space around each tile
@@ -69,14 +70,15 @@ def _tile_grid(tiles: Tensor, frames: Tensor, scale: int) -> Tensor:
 
 
 def _atomic_savefig(figure: Figure, path: Path) -> None:
-    """Write the PNG next to its destination and rename it, so readers never see half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
+    """Write the PNG next to its destination and rename it, so readers never see half a file;
+    created by ``open``, it gets the permissions of every other file of a run (the umask's)."""
+    temporary = temporary_name(path)
     try:
-        figure.savefig(temporary, format="png", dpi=_DPI)
+        with open(temporary, "wb") as file:
+            figure.savefig(file, format="png", dpi=_DPI)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

@@ -190,3 +190,35 @@ def test_29_10_a_header_that_lies_is_one_error_before_any_allocation(tmp_path, h
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ModelFileError, match="not a readable safetensors file"):
         adios.load_encoder(path)
+
+
+def test_metadata_holds_no_path_and_the_masker_still_loads(tmp_path):
+    """Shared weights carry nothing about where they were trained (data path, run directory)."""
+    data = tmp_path / "private" / "images"
+    cfg = load_config(["data.name=folder", f"data.path={data}", f"run_dir={tmp_path / 'run'}",
+                       "data.mean=[0.4, 0.4, 0.4]", "data.std=[0.2, 0.2, 0.2]",
+                       "model.width=4", "masker.fbase=8"])
+    backbone = build_backbone("resnet18", 32, width=4)
+    masker = build_masker(cfg)
+    export_safetensors(backbone.state_dict(), tmp_path / "e.safetensors",
+                       metadata=encoder_metadata(cfg, backbone))
+    export_safetensors(masker.state_dict(), tmp_path / "m.safetensors",
+                       metadata=masker_metadata(cfg))
+    for name in ("e.safetensors", "m.safetensors"):
+        header = json.dumps(read_metadata(tmp_path / name))
+        assert str(tmp_path) not in header and "private" not in header, name
+    assert "config" not in read_metadata(tmp_path / "e.safetensors")
+    loaded = adios.load_masker(tmp_path / "m.safetensors")
+    assert loaded.adios_metadata["mean"] == [0.4, 0.4, 0.4]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), masker.eval()(x))
+
+
+def test_preprocess_fits_any_size_and_names_channels_first():
+    encoder = build_backbone("resnet18", 32, width=4)
+    encoder.adios_metadata = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}
+    images = torch.randint(0, 256, (2, 3, 40, 50), dtype=torch.uint8)
+    assert adios.preprocess(encoder, images).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"channels first \(B, 3, H, W\).*permute\(0, 3, 1, 2\)"):
+        adios.preprocess(encoder, images.permute(0, 2, 3, 1))

@@ -5,9 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from knn_reference import brute_force_accuracy, brute_force_scores
+from PIL import Image
 from safetensors.torch import load_file
 from sklearn.metrics import balanced_accuracy_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from adios.cli import main
 from adios.config import load_config
@@ -187,3 +190,68 @@ def test_token_run_reports_where_the_hidden_patches_go(tmp_path, preset, heads):
     tokens = json.loads((run_dir / "eval_masks.json").read_text())["tokens"]
     assert tokens == pytest.approx({k: v for k, v in summary.items() if k.startswith("token_")})
     assert (run_dir / "eval_masks_tokens.png").is_file()
+
+
+# ---- your own images: a folder given by data.path alone, as a new user gives it
+
+OWN = ["model.width=4", "masker.fbase=8", "objective.proj_hidden=16", "objective.proj_out=8",
+       "optim.batch_size=16", "train.epochs=1", "data.image_size=16", "train.knn_bank=32",
+       "train.progress=false", "train.device=cpu", "train.threads=1", "data.workers=0"]
+
+
+def write_images(folder, count, classes=None):
+    """``count`` small PNGs, flat in ``folder`` or spread over class folders."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        where = folder if classes is None else folder / classes[i % len(classes)]
+        where.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(where / f"{i}.png")
+
+
+def tensorboard_images(run_dir):
+    accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})
+    accumulator.Reload()
+    return {tag: accumulator.Images(tag) for tag in accumulator.Tags()["images"]}
+
+
+def test_a_flat_unlabelled_folder_trains_and_its_summary_holds_no_accuracies(tmp_path, capsys):
+    write_images(tmp_path / "images", 40)
+    run_dir = tmp_path / "run"
+    assert main(["train", f"data.path={tmp_path / 'images'}", f"run_dir={run_dir}", *OWN]) == 0
+    err = capsys.readouterr().err
+    assert "data.name=folder (read off the folder)" in err and "hue 0.5" in err
+    assert "adios: cpu, 1 threads, precision fp32" in err and "unlabelled" in err
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["data"]["name"] == "folder"
+    dataset = load_dataset(load_config([f"data.path={tmp_path / 'images'}", "data.name=folder",
+                                        *OWN]).data)
+    assert cfg["data"]["mean"] == list(dataset.mean) != [0.5, 0.5, 0.5]  # measured, recorded
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert not [key for key in summary if "acc" in key or "majority" in key]
+    assert summary["labels"].startswith("none") and summary["feature_spread"] > 0
+    assert len(summary["mask_sizes"]) == 4 and summary["loss_last_epoch"] > 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not [row for row in rows if "knn_acc" in row or "probe_acc" in row]
+    # the masks: a picture without a ground-truth column, and the same in TensorBoard
+    for name in ("masks.png", "masks/epoch_001.png"):
+        assert (run_dir / name).is_file(), name
+    images = tensorboard_images(run_dir)
+    assert set(images) == {"masks/val", "masks/test"}
+    with Image.open(run_dir / "masks.png") as picture:
+        assert (images["masks/test"][0].width, images["masks/test"][0].height) == picture.size
+
+
+def test_class_folders_without_data_name_train_on_that_folder(tmp_path, capsys):
+    write_images(tmp_path / "pets", 40, classes=("cat", "dog"))
+    run_dir = tmp_path / "run"
+    assert main(["train", f"data.path={tmp_path / 'pets'}", f"run_dir={run_dir}", *OWN]) == 0
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["name"] == "folder"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert 0 <= summary["knn_acc"] <= 1 and "labels" not in summary
+    assert (run_dir / "masks.png").is_file()
+    # a data.name that contradicts the folder stops the command before anything is written
+    capsys.readouterr()
+    assert main(["train", f"data.path={tmp_path / 'pets'}", "data.name=shapes",
+                 f"run_dir={tmp_path / 'no'}", *OWN]) == 2
+    assert "data.name=shapes generates its scenes" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

@@ -140,3 +140,12 @@ def test_mask_figure_adds_objects_and_untrained_columns(tmp_path):
                             colour_code(argmax_masks(masks.flip(1)))], dim=1)
     torch.testing.assert_close(tiles[:, [1, 2, 4]], upscale(expected, 3), rtol=0,
                                atol=1.01 / 255)
+
+
+def test_mask_pictures_get_the_permissions_of_every_other_file(tmp_path):
+    """A temporary file from tempfile.mkstemp is 0600; a picture must be readable like the rest."""
+    other = tmp_path / "other.txt"
+    other.write_text("x")
+    path = mask_figure(torch.zeros(1, 3, 16, 16), torch.full((1, 2, 16, 16), 0.5),
+                       tmp_path / "masks.png")
+    assert path.stat().st_mode & 0o777 == other.stat().st_mode & 0o777

@@ -17,12 +17,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from adios.config import DataConfig
+from adios.data.datasets import image_moments
 from adios.data.readers import (
     FASHION_MNIST_PATH,
     UNLABELED,
     DataError,
     ImageFiles,
-    detect_format,
+    channel_stats,
+    dataset_name,
     inspect_files,
     list_image_folder,
     read_cifar,
@@ -54,6 +56,9 @@ class _Report:
     def classes(self, labels: list[int], class_names: list[str]) -> None:
         counts = Counter(labels)
         unlabelled = counts.pop(UNLABELED, 0)
+        if not class_names:
+            self.write(f"  unlabelled: {unlabelled}")
+            return
         per_class = [(class_names[c], counts.get(c, 0)) for c in range(len(class_names))]
         if len(per_class) <= MANY_CLASSES:
             self.write("  per class: " + ", ".join(f"{n} {k}" for n, k in per_class))
@@ -65,6 +70,12 @@ class _Report:
             )
         if unlabelled:
             self.write(f"  unlabelled: {unlabelled}")
+
+    def stats(self, mean_std: tuple[tuple[float, ...], ...]) -> None:
+        """The normalisation training measures when data.mean / data.std are unset."""
+        mean, std = (", ".join(f"{v:.4f}" for v in values) for values in mean_std)
+        self.write(f"  mean [{mean}] std [{std}] (at data.image_size; training uses them "
+                   f"unless data.mean / data.std are set: data.mean=[{mean}] data.std=[{std}])")
 
     def duplicates(self) -> None:
         groups = [places for places in self.digests.values() if len(places) > 1]
@@ -96,7 +107,7 @@ def check_dataset(
 
     ``detect``: read ``cfg.path`` in the layout found there (data.name was not given).
     """
-    name = detect_format(cfg.path) if detect and cfg.path is not None else cfg.name
+    name = dataset_name(cfg.name, cfg.path, explicit=not detect)
     if name == "shapes":
         raise DataError(
             "data.path: the built-in scenes are generated, there is nothing on disk "
@@ -113,10 +124,13 @@ def check_dataset(
 
 def _check_folder(cfg: DataConfig, report: _Report, progress: bool) -> None:
     layout = list_image_folder(cfg.path, cfg.class_list)
-    report.write(
-        f"{layout.root}: class folders ({', '.join(f'{s}/' for s in layout.splits)} "
-        f"as splits), {len(layout.class_names)} classes"
-    )
+    if layout.class_names:
+        report.write(
+            f"{layout.root}: class folders ({', '.join(f'{s}/' for s in layout.splits)} "
+            f"as splits), {len(layout.class_names)} classes"
+        )
+    else:
+        report.write(f"{layout.root}: a folder of images without class folders (unlabelled)")
     for split, files in layout.splits.items():
         _check_files(split, files, layout.class_names, cfg, report, progress)
     if layout.empty_classes:
@@ -144,6 +158,8 @@ def _check_files(
     report.write(f"{split}: {len(files)} images")
     report.classes(files.labels.tolist(), class_names)
     readable = [r for r in records if not r.error]
+    if split == "train" and readable:
+        report.stats(channel_stats([r.moments for r in readable]))
     sizes = Counter((r.width, r.height) for r in readable)
     report.write(
         "  sizes (w x h): "
@@ -187,6 +203,8 @@ def _check_arrays(name: str, cfg: DataConfig, report: _Report, progress: bool) -
         gray = name == "fashion-mnist"
         report.write(f"{split}: {len(images)} images")
         report.classes(part.labels.tolist(), part.class_names)
+        if split == "train":
+            report.stats(channel_stats(image_moments(images, cfg.image_size)))
         report.write(f"  sizes (w x h): {images.shape[3]}x{images.shape[2]} {len(images)}")
         report.write(f"  modes: {'L (repeated to RGB)' if gray else 'RGB'} {len(images)}")
         for i in tqdm(

@@ -8,11 +8,19 @@ Larger class-folder datasets are streamed: worker processes decode each batch
 
 Real datasets are split the same way whatever their source: the validation split is carved from
 the labelled training images (never from test) by a shuffle fixed by ``data.seed``; a class-folder
-tree without a ``test/`` (or ``val/``) folder has its test split carved the same way.
+tree without a ``test/`` (or ``val/``) folder has its test split carved the same way. A folder of
+images without classes (or with a single class, which no accuracy can use) is unlabelled: its
+splits are carved from all its images and carry no labels.
+
+Normalisation statistics left unset (``data.mean`` / ``data.std`` null) are measured on every image
+of the training pool (the official training set, or the training folder before val and test are
+carved from it), at ``data.image_size`` as ``adios data check`` prints them (``data.load_size``:
+each whole image at the load size).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -26,8 +34,10 @@ from adios.data.readers import (
     ArraySplit,
     DataError,
     ImageFiles,
+    channel_stats,
     inspect_files,
     list_image_folder,
+    pixel_moments,
     read_cifar,
     read_fashion_mnist,
     read_stl10,
@@ -104,7 +114,7 @@ def load_dataset(cfg: DataConfig, bank_size: int = 4096, progress: bool = False)
     splits = [_take(part, index, cfg.image_size) for part, index in
               ((pool, train_index), (pool, val_index), (test, test_index))]
     return Dataset(*splits, num_classes=len(pool.class_names), class_names=pool.class_names,
-                   mean=cfg.mean, std=cfg.std)
+                   **normalisation(cfg, image_moments(pool.images, cfg.image_size)))
 
 
 def _scenes(cfg: DataConfig) -> Dataset:
@@ -119,6 +129,22 @@ def _scenes(cfg: DataConfig) -> Dataset:
     return Dataset(*splits, num_classes=len(names), class_names=names, mean=cfg.mean, std=cfg.std)
 
 
+def image_moments(images: Tensor, size: int, chunk: int = 4096) -> list[tuple[float, ...]]:
+    """``pixel_moments`` of uint8 images at ``size`` (as every split is held), chunk by chunk."""
+    return [pixel_moments(fit_size(images[i : i + chunk], size))
+            for i in range(0, len(images), chunk)]
+
+
+def normalisation(cfg: DataConfig, moments: list[tuple[float, ...]]) -> dict[str, tuple]:
+    """``data.mean`` and ``data.std``; those left null measured (``pixel_moments`` of the
+    training pool's images, as ``adios data check`` prints them)."""
+    if cfg.mean is not None and cfg.std is not None:
+        return {"mean": cfg.mean, "std": cfg.std}
+    mean, std = channel_stats(moments)
+    std = tuple(max(s, 1e-3) for s in std)  # a constant channel must not divide by zero
+    return {"mean": cfg.mean or mean, "std": cfg.std or std}
+
+
 def _shuffled(n: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
@@ -131,6 +157,9 @@ def _carve(labels: Tensor, cfg: DataConfig, carve_test: bool) -> tuple[Tensor, T
     """
     known = (labels != UNLABELED).nonzero().squeeze(1)
     unknown = (labels == UNLABELED).nonzero().squeeze(1)
+    kind = "labelled training"
+    if len(known) == 0:  # an unlabelled folder: val and test come from all its images
+        known, unknown, kind = unknown, unknown[:0], "training"
     known = known[_shuffled(len(known), cfg.seed)]
     default = max(1, round(VAL_FRACTION * len(known)))
     num_test = (default if cfg.num_test is None else cfg.num_test) if carve_test else 0
@@ -138,7 +167,7 @@ def _carve(labels: Tensor, cfg: DataConfig, carve_test: bool) -> tuple[Tensor, T
     if num_val + num_test > len(known) - 2:
         test = f" and {num_test} test" if carve_test else ""
         raise DataError(f"data.num_val: {num_val} validation{test} images leave fewer than 2 of "
-                        f"the {len(known)} labelled training images for training")
+                        f"the {len(known)} {kind} images for training")
     test, val = known[:num_test], known[num_test : num_test + num_val]
     train = torch.cat([known[num_test + num_val :], unknown[_shuffled(len(unknown), cfg.seed)]])
     return train[: cfg.num_train], val, test
@@ -179,7 +208,7 @@ def _folder_dataset(cfg: DataConfig, bank_size: int, progress: bool) -> Dataset:
     stream = cfg.loader == "stream" or (
         cfg.loader == "auto"
         and len(files["train"]) * 3 * train_size**2 > cfg.memory_limit_mb * 2**20)
-    decoded, bad, train_whole = {}, [], None
+    decoded, bad, train_whole, moments = {}, [], None, []
     for name, split_files in files.items():
         keep = min(bank_size, len(split_files)) if stream and name == "train" else len(split_files)
         if whole and name == "train":  # the crops' source: every image whole at load_size
@@ -190,6 +219,8 @@ def _folder_dataset(cfg: DataConfig, bank_size: int, progress: bool) -> Dataset:
                                         whole=bool(whole) and name == "train")
         failed = torch.tensor([bool(r.error) for r in records], dtype=torch.bool)
         bad += [(p, r.error) for p, r in zip(split_files.paths, records, strict=True) if r.error]
+        if name != "test" or "test" not in layout.splits:  # the training folder's images
+            moments += [r.moments for r in records if not r.error]
         good = (~failed).nonzero().squeeze(1)
         files[name] = split_files.subset(good)
         decoded[name] = images[good[good < keep]]
@@ -201,12 +232,20 @@ def _folder_dataset(cfg: DataConfig, bank_size: int, progress: bool) -> Dataset:
             decoded[name], _ = inspect_files(bank.paths, size, keep=len(bank), workers=cfg.workers,
                                              progress=progress, desc="decoding the kNN bank")
     report_bad_files(bad, cfg.bad_files)
-    splits = [Split(decoded[name], files[name].labels[: len(decoded[name])])
+    labelled = len(layout.class_names) >= 2
+    if len(layout.class_names) == 1:
+        warnings.warn(f"data.path: {layout.root} has one class folder "
+                      f"({layout.class_names[0]}): read as unlabelled images, since no "
+                      "accuracy can be measured with one class", stacklevel=2)
+    splits = [Split(decoded[name], files[name].labels[: len(decoded[name])] if labelled else None)
               for name in ("train", "val", "test")]
     if any(len(split) == 0 for split in splits):
         raise DataError(f"data.path: no decodable images left in a split of {layout.root}")
-    return Dataset(*splits, num_classes=len(layout.class_names),
-                   class_names=layout.class_names, mean=cfg.mean, std=cfg.std,
+    if train_whole is not None and not labelled:
+        train_whole.labels = None
+    class_names = layout.class_names if labelled else []
+    return Dataset(*splits, num_classes=len(class_names), class_names=class_names,
+                   **normalisation(cfg, moments),
                    train_files=files["train"] if stream else None, train_whole=train_whole,
                    load_size=whole)
 

@@ -18,7 +18,8 @@ Layouts (``root`` may be the official folder itself or the folder that holds it)
 - Class folders (ImageFolder layout): ``root/<class>/**/<image>``, or ``root/train/<class>/...``
   with ``root/test/<class>/...`` (or ``root/val/...``, as ImageNet ships) as the test split. An
   optional class-list file keeps a subset of the classes, in the file's order (ImageNet-100 is
-  ImageNet restricted to a list of 100 class folders).
+  ImageNet restricted to a list of 100 class folders). A folder of images without class
+  folders (``root/<image>`` or ``root/train/<image>``) is read unlabelled.
 
 Policies for images in class folders (also in README, "Datasets"):
 - files are recognised by extension (``IMAGE_EXTENSIONS``); any other file is skipped with a
@@ -406,7 +407,8 @@ def list_image_folder(
     root: str | Path | None, class_list: str | Path | None = None
 ) -> FolderLayout:
     """Find the splits, classes and image files of a class-folder tree (nothing is decoded)."""
-    expected = "a class-folder tree: ROOT/<class>/<image> or ROOT/train/<class>/<image>"
+    expected = ("a folder of images (ROOT/<image>, unlabelled), or a class-folder tree: "
+                "ROOT/<class>/<image> or ROOT/train/<class>/<image>")
     root = _existing(root, "data.path", expected)
     if not root.is_dir():
         raise DataError(f"data.path: {root} is not a folder; expected {expected}")
@@ -420,13 +422,7 @@ def list_image_folder(
     train_dir = split_dirs["train"]
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir() and p.name[0] != ".")
     if not classes:
-        loose = [p for p in train_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
-        hint = (
-            f"; found {len(loose)} images directly in it - put them in a folder per class"
-            if loose
-            else " (the folder is empty)"
-        )
-        raise DataError(f"data.path: no class folders in {train_dir}{hint}; expected {expected}")
+        return _unlabelled_folder(root, train_dir, class_list, expected)
     if class_list is not None:
         wanted = read_class_list(class_list)
         missing = [n for n in wanted if n not in classes]
@@ -466,6 +462,22 @@ def list_image_folder(
             labels += [label] * len(images)
         layout.splits[split] = ImageFiles(paths, torch.tensor(labels, dtype=torch.int64))
     return layout
+
+
+def _unlabelled_folder(
+    root: Path, folder: Path, class_list: str | Path | None, expected: str
+) -> FolderLayout:
+    """A flat folder of images without class folders: one unlabelled training pool."""
+    found = sorted(p for p in folder.iterdir() if p.is_file() and not _is_hidden(p, folder))
+    images = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not images:
+        raise DataError(f"data.path: no images and no class folders in {folder} (the folder "
+                        f"is empty); expected images, or {expected}")
+    if class_list is not None:
+        raise DataError(f"data.class_list: {folder} has no class folders to pick from")
+    unlabelled = torch.full((len(images),), UNLABELED, dtype=torch.int64)
+    skipped = [p for p in found if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    return FolderLayout(root, {"train": ImageFiles(images, unlabelled)}, [], skipped)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -550,6 +562,7 @@ class FileRecord(NamedTuple):
     digest: bytes  # blake2b of the file's bytes, for duplicate detection
     error: str  # "" when the file decoded
     extent: tuple[int, int] = (0, 0)  # (height, width) its decoded pixels fill
+    moments: tuple[float, ...] = ()  # pixel_moments of its decoded pixels, () when unreadable
 
 
 class _InspectFiles(torch.utils.data.Dataset):
@@ -569,16 +582,33 @@ class _InspectFiles(torch.utils.data.Dataset):
         records = []
         for i, path in enumerate(paths):
             mode, width, height, digest, error, extent = "", 0, 0, b"", "", (0, 0)
+            moments: tuple[float, ...] = ()
             try:
                 data = path.read_bytes()
                 digest = hashlib.blake2b(data, digest_size=16).digest()
                 decoded, mode, width, height, extent = _decode(data, self.size, self.whole)
+                moments = pixel_moments(decoded[:, : extent[0], : extent[1]])
                 if i < kept:
                     pixels[i] = decoded
             except Exception as err:  # noqa: BLE001 - every failure is reported with its file
                 error = f"{type(err).__name__}: {err}"
-            records.append(FileRecord(mode, width, height, digest, error, extent))
+            records.append(FileRecord(mode, width, height, digest, error, extent, moments))
         return start, pixels, records
+
+
+def pixel_moments(pixels: Tensor) -> tuple[float, ...]:
+    """Per-channel sums and sums of squares of uint8 pixels (..., 3, H, W) in [0, 1] units, and
+    the pixels per channel: what ``channel_stats`` adds up over any number of images."""
+    values = pixels.movedim(-3, 0).reshape(3, -1).to(torch.float64) / 255
+    return (*values.sum(1).tolist(), *values.square().sum(1).tolist(), float(values.shape[1]))
+
+
+def channel_stats(moments: Sequence[Sequence[float]]) -> tuple[tuple[float, ...], ...]:
+    """Per-channel mean and standard deviation (rounded to 4 places) from ``pixel_moments``."""
+    total = torch.tensor([list(m) for m in moments if m], dtype=torch.float64).sum(0)
+    mean = total[:3] / total[6]
+    std = (total[3:6] / total[6] - mean.square()).clamp_min(0).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
 def _as_is(item: object) -> object:
@@ -670,3 +700,23 @@ def detect_format(root: str | Path) -> str:
     if any(path.glob("*-images-idx3-ubyte*")):
         return "fashion-mnist"
     return "folder"
+
+
+ARRAY_FORMATS = ("cifar10", "cifar100", "stl10", "fashion-mnist")  # official layouts, detected
+
+
+def dataset_name(name: str, path: str | Path | None, explicit: bool) -> str:
+    """The reader for ``data.path``: the layout found there, or (``explicit``: data.name was
+    given) ``name``, which must not contradict what is there."""
+    if path is None:
+        return name
+    found = detect_format(path)
+    if not explicit:
+        return found
+    if name == "shapes":
+        raise DataError(f"data.name=shapes generates its scenes and would ignore data.path={path}; "
+                        f"leave data.name out to train on what {path} holds ({found})")
+    if found in ARRAY_FORMATS and found != name:
+        raise DataError(f"data.name={name}: {path} holds the official {found} layout; set "
+                        f"data.name={found} or leave data.name out")
+    return name

@@ -79,11 +79,12 @@ class EvalSetup:
 
     @property
     def mean(self) -> tuple[float, ...]:
-        return tuple(self.model_cfg.data.mean)
+        """The model's normalisation; unset (an --encoder without data.mean): the data's."""
+        return tuple(self.model_cfg.data.mean or self.dataset().mean)
 
     @property
     def std(self) -> tuple[float, ...]:
-        return tuple(self.model_cfg.data.std)
+        return tuple(self.model_cfg.data.std or self.dataset().std)
 
     @property
     def own_data(self) -> bool:

@@ -38,6 +38,14 @@ def extract_features(
     return torch.cat(feats)
 
 
+def feature_spread(features: Tensor) -> float:
+    """How far the images' L2-normalised features spread (the SimSiam paper's collapse check):
+    their per-dimension standard deviation, averaged and scaled by sqrt(dim), about 1 for
+    features spread over the sphere and 0 when every image maps to the same point."""
+    unit = torch.nn.functional.normalize(features.double(), dim=1)
+    return float(unit.std(dim=0, unbiased=False).mean() * unit.shape[1] ** 0.5)
+
+
 @torch.no_grad()
 def predict_masks(
     masker: nn.Module,

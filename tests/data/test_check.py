@@ -88,3 +88,26 @@ def test_cifar_batches_are_detected_and_duplicates_found(tmp_path, capsys):
     assert status == 1 and "cifar10 (official layout)" in out
     assert "train: 5 images" in out and "class4 1, class5 0" in out
     assert "1 groups of identical images (1 across splits)" in out and "train:0 = test:0" in out
+
+
+def test_check_prints_the_mean_and_std_that_training_measures(tmp_path, capsys):
+    """Images stored at data.image_size are not resized: their statistics, computed directly."""
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    pixels[..., 0] //= 2  # channels that differ
+    for i, image in enumerate(pixels):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    status, out, _ = check(capsys, str(tmp_path), "data.image_size=16")
+    assert status == 0 and "a folder of images without class folders (unlabelled)" in out
+    values = pixels.reshape(-1, 3) / 255
+    mean = ", ".join(f"{v:.4f}" for v in values.mean(0))
+    std = ", ".join(f"{v:.4f}" for v in values.std(0))
+    assert f"mean [{mean}] std [{std}]" in out
+    assert f"data.mean=[{mean}] data.std=[{std}]" in out
+    from adios.config import load_config
+    from adios.data.datasets import load_dataset
+
+    dataset = load_dataset(load_config(["data.name=folder", f"data.path={tmp_path}",
+                                        "data.image_size=16", "data.workers=0"]).data)
+    assert ", ".join(f"{v:.4f}" for v in dataset.mean) == mean
+    assert ", ".join(f"{v:.4f}" for v in dataset.std) == std

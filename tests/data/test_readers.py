@@ -503,7 +503,7 @@ def test_folder_structure_errors(tmp_path):
     with pytest.raises(DataError, match="no class folders in .*empty .the folder is empty"):
         load(f"data.path={tmp_path / 'empty'}")
     save(tmp_path / "loose" / "x.png", pattern(0))
-    with pytest.raises(DataError, match="found 1 images directly in it"):
+    with pytest.raises(DataError, match="leave fewer than 2 of the 1 training images"):
         load(f"data.path={tmp_path / 'loose'}")
     write_folder(tmp_path / "tree")
     (tmp_path / "tree" / "owl").mkdir()
