@@ -109,3 +109,31 @@ def test_forbidden_patterns_catch_what_they_name():
                    for p in FORBIDDEN.values())
     assert re.findall(PARENT_PATH, "see ../RESULTS.md or ../../x") == ["../RESULTS.md", "../../x"]
     assert not (ROOT / "docs" / "../../x").resolve().is_relative_to(ROOT)
+
+
+def test_readme_own_images_commands_run_on_a_folder_of_images(tmp_path, capsys):
+    """The README's own-data commands, word for word, on a generated folder (tiny settings)."""
+    from PIL import Image
+
+    from adios.cli import main
+
+    section = ROOT.joinpath("README.md").read_text().split("## Your own images", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    commands = [line.split("#")[0].split() for line in block.splitlines() if line.strip()]
+    assert [words[:2] for words in commands] == [["adios", "data"], ["adios", "train"]]
+    folder = tmp_path / "my-images"
+    folder.mkdir()
+    for i in range(40):
+        pixels = torch.randint(0, 256, (20, 24, 3), dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.jpg")
+    tiny = {"data": ["--no-progress", "data.workers=0"],
+            "train": [f"run_dir={tmp_path / 'run'}", "model.width=4", "masker.fbase=8",
+                      "objective.proj_hidden=16", "objective.proj_out=8", "optim.batch_size=16",
+                      "train.epochs=1", "data.image_size=16", "train.progress=false",
+                      "train.device=cpu", "data.workers=0"]}
+    for words in commands:
+        words = [w.replace("~/my-images", str(folder)) for w in words[1:]]
+        assert main(words + tiny[words[0]]) == 0, words
+    out = capsys.readouterr().out
+    assert "unlabelled: 40" in out and "mean [" in out
+    assert (tmp_path / "run" / "masks.png").is_file()
