@@ -16,6 +16,7 @@ import re
 import secrets
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -205,7 +206,9 @@ def load_checkpoint(path: Path, required: Iterable[str] = ("epoch", "objective")
     truncated, empty or foreign one is a RunDirError naming the file."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of a file it refuses
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RunDirError(f"{path}: no such checkpoint") from None
     except Exception as err:  # torch raises many kinds for a broken or hostile file

@@ -24,6 +24,10 @@ from adios.config_data import SceneConfig, ViewConfig
 from adios.errors import ConfigError
 
 DEFAULT_PRESET = "shapes-simclr-adios"
+# bounds that keep every derived number in range (a float32 rate, a step count, a seed mixed
+# with the epoch and the rank in adios.engine): beyond them a value is surely a typo
+MAX_RATE = 1e6
+MAX_EPOCHS = 1e6
 SCENE_MEAN, SCENE_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # data.mean/std of the scenes
 
 
@@ -245,7 +249,7 @@ class OptimConfig:
         _check(self.lr_reference_batch >= 1, "lr_reference_batch", "must be at least 1")
         for key in ("lr", "mask_lr", "probe_lr"):
             value = getattr(self, key)
-            _check(value > 0 and math.isfinite(value), key, "must be positive and finite")
+            _check(0 < value <= MAX_RATE, key, f"must be positive and at most {MAX_RATE:g}")
         _check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         _check(self.mask_weight_decay is None or self.mask_weight_decay >= 0,
                "mask_weight_decay", "must be >= 0")
@@ -253,9 +257,10 @@ class OptimConfig:
         _check(self.train_mask_epochs >= 0, "train_mask_epochs", "must be >= 0")
         _check(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         _check(self.eta > 0, "eta", "must be positive")
-        _check(self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
-        _check(self.mask_warmup_epochs is None or self.mask_warmup_epochs >= 0,
-               "mask_warmup_epochs", "must be >= 0")
+        _check(0 <= self.warmup_epochs <= MAX_EPOCHS, "warmup_epochs",
+               f"must be in [0, {MAX_EPOCHS:g}]")
+        _check(self.mask_warmup_epochs is None or 0 <= self.mask_warmup_epochs <= MAX_EPOCHS,
+               "mask_warmup_epochs", f"must be in [0, {MAX_EPOCHS:g}]")
         _check(0 <= self.final_lr_fraction <= 1, "final_lr_fraction", "must be in [0, 1]")
 
 
@@ -317,7 +322,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _check(self.seed >= 0, "seed", "must be >= 0")
+        _check(0 <= self.seed < 2**32, "seed", "must be in [0, 2^32)")
         _check(self.masking.mode != "oracle" or self.data.name == "shapes", "masking.mode",
                "oracle needs ground-truth object masks, which only data.name=shapes has")
         tokens = self.masking.mode.startswith("token-")
@@ -382,14 +387,20 @@ def load_yaml(text: str, where: str) -> Any:
 
 
 def read_yaml(path: Path, what: str = "file") -> Any:
-    """Read and parse a YAML file; a missing or unreadable file is a ConfigError naming it."""
+    """Read and parse a YAML file of settings; a missing or unreadable file, or one that is not
+    a mapping, is a ConfigError naming it."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such {what}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read this {what} ({err})") from None
-    return load_yaml(text, str(path))
+    data = load_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a mapping of settings (KEY: VALUE lines) but "
+                          f"{'nothing' if data is None else 'a ' + type(data).__name__}; "
+                          f"restore this {what}")
+    return data
 
 
 # ----------------------------------------------------------------------------- presets

@@ -211,6 +211,11 @@ class RunDir:
 
     def load_checkpoint(self) -> dict[str, Any]:
         checkpoint = load_checkpoint(self.path / CHECKPOINT, required=CHECKPOINT_KEYS)
+        init = checkpoint["init"]
+        if not (isinstance(init.get("backbone"), dict) and isinstance(init.get("masker"),
+                                                                      dict | None)):
+            raise RunDirError(f"{self.path / CHECKPOINT}: not an adios checkpoint (its 'init' "
+                              f"lacks the initial weights); restore it, or start the run again")
         owner = checkpoint.get("run_id")
         if owner and self.run_id and owner != self.run_id:
             raise RunDirError(

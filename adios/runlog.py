@@ -92,8 +92,9 @@ def _wandb_run(run_dir: Path, project: str, config: dict[str, Any] | None) -> An
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The logged rows; a line cut short by a killed process is skipped; none before the run
-    has logged anything (no metrics file yet)."""
+    """The logged rows; a line cut short by a killed process, or a row adios did not write
+    (values other than numbers, null and lists of them), is skipped; none before the run has
+    logged anything (no metrics file yet)."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
@@ -103,9 +104,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict):
+        if isinstance(row, dict) and all(_logged_value(v) for v in row.values()):
             rows.append(row)
     return rows
+
+
+def _logged_value(value: Any) -> bool:
+    """What :meth:`MetricsLog.write` writes: numbers, null, lists of those."""
+    if isinstance(value, list):
+        return all(_logged_value(v) for v in value)
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def trained_so_far(rows: list[dict[str, Any]]) -> tuple[int, float]:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,12 @@ def _broken_run(trained: Path, where: Path, damage: str) -> Path:
         save_file(weights, str(encoder))
     elif damage == "corrupt-summary":
         (run / "summary.json").write_text('{"knn_acc": 0.5,')
+    elif damage == "list-config":
+        (run / "config.yaml").write_text("- seed: 0\n")
+    elif damage == "empty-init":
+        state = torch.load(checkpoint, weights_only=True)
+        state["init"] = {}
+        torch.save(state, checkpoint)
     return run
 
 
@@ -76,8 +83,16 @@ def _cases() -> list[tuple[str, str, list[str]]]:
         ("train-resume-missing", "", ["train", "--resume", "HERE/missing"]),
         ("train-bad-option", "", ["train", "--stop-after-epoch", "soon"]),
     ]
+    cases += [  # issue 29, item 5: values that overflowed after the run directory was made
+        ("train-29-5-huge-lr", "", ["train", "run_dir=HERE/new", *TINY, "optim.lr=1e39"]),
+        ("train-29-5-huge-seed", "", ["train", "run_dir=HERE/new", *TINY, f"seed={2**63}"]),
+        ("train-29-5-huge-warmup", "",
+         ["train", "run_dir=HERE/new", *TINY, "optim.warmup_epochs=1e308"]),
+        ("knn-29-5-list-config", "list-config", ["eval", "knn", "RUN"]),
+        ("report-29-5-list-config", "list-config", ["eval", "report", "RUN"]),
+    ]
     for damage in ("truncated-checkpoint", "empty-checkpoint", "hostile-checkpoint",
-                   "hostile-config", "wrong-shape-checkpoint"):
+                   "hostile-config", "wrong-shape-checkpoint", "list-config", "empty-init"):
         cases.append((f"train-resume-{damage}", damage, ["train", "--resume", "RUN"]))
     cases += [
         ("config-bad-value", "", ["config", "train.knn_bank=0"]),
@@ -157,3 +172,23 @@ def test_checkpoint_bytes_are_not_a_pickle_that_can_run(tmp_path):
     with contextlib.redirect_stdout(buffer):
         pickle.loads(data)
     assert buffer.getvalue().strip() == "pwned"
+
+
+def test_29_5_report_reads_null_numbers_and_skips_rows_adios_did_not_write(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "summary.json").write_text('{"wall_s": null}')  # a non-finite number, as written
+    with (run / "metrics.jsonl").open("a") as metrics:
+        metrics.write('{"step": "x"}\n')
+    assert main(["eval", "report", str(run)]) == 0
+    assert (run / "report.html").is_file()
+
+
+def test_29_9_a_raw_pickle_checkpoint_is_one_line_without_torchs_warning(trained, tmp_path,
+                                                                         capsys):
+    run = _broken_run(trained, tmp_path, "hostile-checkpoint")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["train", "--resume", str(run)]) == 2
+    assert [str(w.message) for w in caught] == []
+    assert capsys.readouterr().err.count("adios: error:") == 1

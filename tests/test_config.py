@@ -94,13 +94,14 @@ def test_yaml_reads_exponent_numbers_as_floats(text, value):
 
 def test_exponent_numbers_work_in_overrides_config_files_and_grids(tmp_path):
     from adios.compare import cell_config, cells, load_grid
-    from adios.rundir import resume_config
+    from adios.rundir import MARKER, MARKER_HEADER, resume_config
 
     cfg = load_config(["optim.lr=1e-3", "optim.weight_decay=5e-4", "optim.mask_lr=2E-2"])
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.mask_lr) == (0.001, 0.0005, 0.02)
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text("preset: shapes-paper\noptim:\n  lr: 1e-3\n")
+    (run / MARKER).write_bytes(MARKER_HEADER + b"\n")  # a run directory of adios's
     assert resume_config(run, ["optim.probe_lr=3e-2"]).optim.lr == 0.001
     grid = tmp_path / "grid.yaml"
     grid.write_text("preset: shapes-paper\nschemes: [adios]\nobjectives: [simclr]\n"

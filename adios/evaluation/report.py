@@ -62,12 +62,17 @@ class RunRecord:
         if not config_path.is_file():
             raise RunDirError(f"{run_dir} is not a run directory: it holds no config.yaml")
         summary_path = run_dir / "summary.json"
+        summary = read_json(summary_path) if summary_path.is_file() else {}
+        if not isinstance(summary, dict):
+            raise RunDirError(f"{summary_path}: not an adios summary (expected a JSON object); "
+                              f"restore it or delete it")
         metrics = read_metrics(run_dir)
         evals = {p.stem: read_json(p) for p in sorted(run_dir.glob("eval_*.json"))}
         return cls(
             run_dir=run_dir,
             config=read_yaml(config_path, "config.yaml"),
-            summary=read_json(summary_path) if summary_path.is_file() else {},
+            # null: a number that was not finite (strict JSON), shown as not measured
+            summary={key: value for key, value in summary.items() if value is not None},
             metrics=metrics,
             evals=evals,
         )
@@ -148,11 +153,16 @@ def run_description(record: RunRecord) -> list[tuple[str, str]]:
                      f"{optim.get('batch_size', '?')}, {optim.get('name', '?')} lr "
                      f"{optim.get('lr', '?')}"),
     ]
-    if "train_s" in record.summary:  # over every resume; wall_s is the last session's alone
-        rows.append(("training time", f"{record.summary['train_s'] / 60:.1f} min of steps"))
-    elif "wall_s" in record.summary:
-        rows.append(("training time", f"{record.summary['wall_s'] / 60:.1f} min"))
+    train_s, wall_s = (record.summary.get(key) for key in ("train_s", "wall_s"))
+    if _number(train_s):  # over every resume; wall_s is the last session's alone
+        rows.append(("training time", f"{train_s / 60:.1f} min of steps"))
+    elif _number(wall_s):
+        rows.append(("training time", f"{wall_s / 60:.1f} min"))
     return rows
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------------------- tables
