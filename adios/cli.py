@@ -344,7 +344,24 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    # SIGTERM first: a stop during the seconds of `import torch` is a stop like any other
+    previous = None
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt as err:  # before the command started (during the imports)
+        name = "SIGTERM" if err.args == ("SIGTERM",) else "SIGINT"
+        print(f"adios: {'interrupted' if name == 'SIGINT' else 'stopped by ' + name}",
+              file=sys.stderr)
+        return 143 if name == "SIGTERM" else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv: list[str]) -> int:
     # --debug anywhere: show the traceback of an error instead of one line
     debug = "--debug" in argv or os.environ.get("ADIOS_DEBUG", "") not in ("", "0")
     argv = [word for word in argv if word != "--debug"]
@@ -358,10 +375,6 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = args.overrides + extra
     from adios.rundir import active_note, interrupted, release_active
 
-    previous = None
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except KeyboardInterrupt as err:
@@ -379,8 +392,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(err, AdiosError | OSError) else 1
     finally:
         release_active()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _message(err: BaseException) -> str:

@@ -129,6 +129,7 @@ class RunDir:
         self.resume = resume  # a checkpoint is to be loaded
         self.checkpoint_epoch: int | None = None  # of the checkpoint on disk, once known
         self.config_sha256: str | None = None
+        self._unsaved: Config | None = None  # a resume's config, written with the next save
         self.resumes: list[dict[str, Any]] = []  # what each resume changed
         self.run_id = ""  # the marker's, once locked; "" for a run from before run ids
         self._lock_fd: int | None = None
@@ -208,6 +209,14 @@ class RunDir:
         text = config_yaml(cfg)
         write_text(text, self.path / CONFIG)
         self.config_sha256 = hashlib.sha256(text.encode()).hexdigest()
+        self._unsaved = None
+
+    def settle_config(self) -> None:
+        """Write the configuration a resume changed, if not yet written: done with the next
+        checkpoint, or before the exports of a run with no epoch left, so a resume that fails
+        first leaves config.yaml as the checkpoint knows it."""
+        if self._unsaved is not None:
+            self.write_config(self._unsaved)
 
     def load_checkpoint(self) -> dict[str, Any]:
         checkpoint = load_checkpoint(self.path / CHECKPOINT, required=CHECKPOINT_KEYS)
@@ -241,6 +250,7 @@ class RunDir:
         parts = {"encoder": state.get("objective"), "masker": state.get("masker"),
                  "online probe": state.get("probe")}
         _check_finite(parts, self, f"at the end of epoch {state['epoch']}")
+        self.settle_config()
         if not self.run_id:  # resumed from a marker without one: this run now has an id
             self.run_id = secrets.token_hex(16)
             self._write_marker()
@@ -299,10 +309,9 @@ class RunDir:
         if changes:
             self.resumes.append({"after_epoch": checkpoint["epoch"],
                                  "changes": {k: list(v) for k, v in changes.items()}})
+        self.config_sha256 = checkpoint.get("config_sha256")
         if changes or edited:
-            self.write_config(cfg)
-        else:
-            self.config_sha256 = checkpoint.get("config_sha256")
+            self._unsaved = cfg  # written with the next checkpoint (settle_config)
         for line in lines:
             _tell(f"resuming {self.path} with {line}")
         return lines
@@ -395,14 +404,21 @@ def resume_config(path: Path, overrides: list[str]) -> Config:
         raise _not_ours(path, resume=True, overwrite=False)
     if not (path / CONFIG).is_file():
         raise RunDirError(f"cannot resume {path}: it holds no {CONFIG}, so it is not an adios run")
-    if any(item.startswith("preset=") for item in overrides):
-        raise ConfigError("preset: a resumed run keeps its own configuration")
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key in ("preset", *IGNORED):
+            raise ConfigError(f"{key}: a resumed run keeps its own ({path / CONFIG}); "
+                              + (f"it continues in {path}" if key == "run_dir" else
+                                 "start a new run for another one"))
     saved = read_yaml(path / CONFIG, CONFIG)
     try:
         load_config([], base=saved)
     except ConfigError as err:
         raise ConfigError(f"{path / CONFIG}: {err}; restore the file") from None
     cfg = load_config(overrides, base=saved)
+    if cfg.data.name == "shapes" and any(item.startswith("data.path=") for item in overrides):
+        raise ConfigError("data.path: this run trains on the built-in scenes, which read no "
+                          "files; resume it without data.path")
     cfg.run_dir = str(path)
     return cfg
 

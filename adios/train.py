@@ -207,6 +207,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     # ---- the trained models and what they learned, measured on held-out data
     if not main:
         return run_dir
+    run.settle_config()  # a resume with no epoch left saved no checkpoint to write it with
     export_safetensors(models.backbone.state_dict(), run_dir / "encoder.safetensors",
                        metadata=encoder_metadata(cfg, models.backbone))
     if models.masker is not None:

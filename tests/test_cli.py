@@ -7,6 +7,8 @@ import contextlib
 import io
 import pickle
 import shutil
+import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -192,3 +194,28 @@ def test_29_9_a_raw_pickle_checkpoint_is_one_line_without_torchs_warning(trained
         assert main(["train", "--resume", str(run)]) == 2
     assert [str(w.message) for w in caught] == []
     assert capsys.readouterr().err.count("adios: error:") == 1
+
+
+class _InterruptedImport:
+    """A meta-path finder that stops the import of adios.rundir (which imports torch) as a
+    Ctrl-C or a SIGTERM in the first seconds would."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "adios.rundir":
+            if self.signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.raise_signal(self.signum)
+        return None
+
+
+@pytest.mark.parametrize(("signum", "code", "said"), [
+    (signal.SIGINT, 130, "adios: interrupted"), (signal.SIGTERM, 143, "adios: stopped by SIGTERM")])
+def test_29_9_a_stop_during_the_imports_is_one_line(monkeypatch, capsys, signum, code, said):
+    monkeypatch.delitem(sys.modules, "adios.rundir")
+    monkeypatch.setattr(sys, "meta_path", [_InterruptedImport(signum), *sys.meta_path])
+    assert main(["train"]) == code
+    err = capsys.readouterr().err
+    assert err.strip() == said and "Traceback" not in err

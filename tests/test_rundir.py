@@ -16,6 +16,7 @@ import yaml
 from safetensors.torch import load_file
 from tiny_run import TINY, load
 
+import adios.checkpoint
 import adios.engine
 from adios.cli import main
 from adios.rundir import MARKER, RunDir, holder_pid
@@ -410,3 +411,52 @@ def test_29_4_a_checkpoint_with_non_finite_weights_is_not_resumed_or_exported(
     err = capsys.readouterr().err
     assert "checkpoint.pt: non-finite (NaN or inf) weights in the encoder" in err
     assert not (run / "encoder.safetensors").exists()
+
+
+def test_29_6_a_resume_that_fails_leaves_config_yaml_as_the_checkpoint_knows_it(
+        half_run, monkeypatch, capsys):
+    before = (half_run / "config.yaml").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(adios.engine, "train_step", interrupted)
+        assert main(["train", "--resume", str(half_run), "optim.lr=0.5"]) == 130
+    assert (half_run / "config.yaml").read_bytes() == before
+    capsys.readouterr()
+    assert main(["train", "--resume", str(half_run)]) == 0
+    err = capsys.readouterr().err
+    assert "edited in config.yaml" not in err and "config.yaml was edited" not in err
+    assert json.loads((half_run / "summary.json").read_text())["resumes"] == []
+
+
+@pytest.mark.parametrize(("override", "said"), [
+    ("run_dir=elsewhere", "run_dir: a resumed run keeps its own"),
+    ("description=other", "description: a resumed run keeps its own"),
+    ("data.path=/tmp", "data.path: this run trains on the built-in scenes, which read no files"),
+])
+def test_29_7_resume_overrides_that_would_be_ignored_are_refused(
+        finished, tmp_path, capsys, override, said):
+    run = copy_run(finished, tmp_path)
+    before = files(run)
+    assert main(["train", "--resume", str(run), override]) == 2
+    assert said in capsys.readouterr().err
+    assert files(run) == before
+
+
+def test_29_7_resume_of_a_file_says_it_is_a_file(tmp_path, capsys):
+    weights = tmp_path / "encoder.safetensors"
+    weights.write_bytes(b"weights")
+    assert main(["train", "--resume", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a run directory" in err and "run_dir=" not in err
+
+
+def test_29_8_temporary_pictures_of_a_killed_run_are_removed(finished, tmp_path):
+    run = copy_run(finished, tmp_path)
+    (run / "masks").mkdir(exist_ok=True)
+    left = adios.checkpoint.temporary_name(run / "masks" / "epoch_001.png")
+    left.write_bytes(b"half a picture")  # what kill -9 during the picture's save leaves
+    assert main(["train", "--resume", str(run)]) == 0
+    assert not left.exists() and (run / "notes.txt").exists()
