@@ -78,6 +78,34 @@ def use_channels_last(*modules: nn.Module | None) -> None:
     for module in modules:
         if module is not None:
             module.to(memory_format=torch.channels_last)
+            for conv in module.modules():
+                if _breaks_onednn_avx2(conv):
+                    _keep_nchw(conv)
+
+
+def _breaks_onednn_avx2(module: nn.Module) -> bool:
+    """oneDNN's AVX2 kernel for the weight gradient of an NHWC 1x1 convolution of stride > 1 with
+    1-7 input channels writes out of bounds (torch 2.14.1: heap corruption, a segfault or a hang;
+    measured under ONEDNN_MAX_CPU_ISA=AVX2, scripts/onednn_avx2_conv.py). A ResNet-18 of width
+    1-7 has such a shortcut; 8 input channels and more and the other shapes probed are safe. Kept
+    NCHW on every CPU: it costs one small convolution, and the layout never depends on the ISA."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.stride != (1, 1)
+        and module.in_channels < 8
+    )
+
+
+def _keep_nchw(conv: nn.Conv2d) -> None:
+    """Run one convolution in NCHW inside a channels_last model: a weight and an input both
+    contiguous send it to the NCHW kernels; its output joins the NHWC tensors as any other. A 1x1
+    weight in NHWC already counts as contiguous (its strides (C, 1, C, C) fit both layouts), so
+    its strides are rewritten, not merely checked."""
+    conv.weight.data = conv.weight.data.clone(memory_format=torch.contiguous_format)
+    conv.register_forward_pre_hook(
+        lambda _module, args: (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
+    )
 
 
 def compile_module(module: nn.Module, backend: str = "inductor") -> None:

@@ -16,6 +16,9 @@ from adios.masking.adios import size_entropy_term
 from adios.optim import epoch_warmup_cosine
 from adios.reference import SCRIPT_ARGS
 
+# float round-off, bf16 or channels_last kernels: .ci/run runs these again under AVX2 kernels
+pytestmark = pytest.mark.isa
+
 TINY = [
     "preset=shapes-paper", "model.width=4", "masker.fbase=8", "masker.n_masks=3",
     "objective.proj_hidden=32", "objective.proj_out=16", "optim.batch_size=8",

@@ -3,6 +3,10 @@ batch-norm contexts, peak memory."""
 
 import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,11 +19,16 @@ from adios.perf import (
     MemoryWindow,
     _status_mb,
     autocast,
+    channels_last,
     compile_module,
     grad_scaler,
     peak_memory_mb,
+    use_channels_last,
 )
 from adios.train import build_models, build_optimizers, train_step
+
+# float round-off, bf16 or channels_last kernels: .ci/run runs these again under AVX2 kernels
+pytestmark = pytest.mark.isa
 
 TINY = [
     "preset=shapes-paper",  # a base that does not move when the default preset is tuned
@@ -136,6 +145,47 @@ def test_channels_last_takes_the_same_step():
         models.objective.parameters(), plain_models.objective.parameters(), strict=True
     ):
         assert torch.allclose(p, q, atol=1e-5, rtol=0)
+
+
+def test_channels_last_keeps_the_shortcut_onednn_avx2_breaks_in_nchw():
+    """A width-4 ResNet's first strided 1x1 shortcut (4 input channels) stays NCHW, the one with
+    8 goes NHWC, and the mixed model computes what the plain one does: outputs, and gradients to
+    1e-4 of each one's largest entry (NHWC kernels sum in another order: all-NHWC and the mixed
+    model both differ from NCHW by up to 6e-5 here)."""
+    torch.manual_seed(0)
+    plain = build_backbone("resnet18", 32, width=4).train()
+    mixed = copy.deepcopy(plain)
+    use_channels_last(mixed)
+    assert mixed.layer2[0].downsample[0].weight.stride() == (4, 1, 1, 1)
+    assert mixed.layer3[0].downsample[0].weight.stride() == (8, 1, 8, 8)
+    assert mixed.layer2[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32)
+    out_plain, out_mixed = plain(x), mixed(channels_last(x))
+    out_plain.square().sum().backward()
+    out_mixed.square().sum().backward()
+    torch.testing.assert_close(out_mixed, out_plain)
+    for (name, p), q in zip(plain.named_parameters(), mixed.parameters(), strict=True):
+        assert (q.grad - p.grad).abs().max() <= 1e-4 * p.grad.abs().max(), name
+
+
+def test_a_channels_last_step_survives_onednn_avx2_kernels():
+    """Issue 23: under oneDNN's AVX2 kernels this step (width 4, ADIOS-s) crashed in the
+    shortcut's weight gradient (3 of 3 tries at one thread; hung or aborted at two) before
+    use_channels_last kept that convolution NCHW. In its own process, so a crash fails only
+    this test."""
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from test_perf import step_once\n"
+        "step_once('train.channels_last=true', 'masking.mode=adios-s', smooth=True)\n"
+        "print('stepped')\n"
+    )
+    tests = Path(__file__).parent
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+           "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0 and "stepped" in done.stdout, done.stderr[-3000:]
 
 
 def test_compiled_backbone_honours_grouped_and_frozen_batch_norm():

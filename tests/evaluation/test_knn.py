@@ -6,6 +6,9 @@ from knn_reference import brute_force_scores
 from adios.evaluation.knn import evaluate_knn, knn_accuracy, knn_predict, select_knn
 from adios.evaluation.protocol import FeatureSet, LabelledFeatures, SealedLabels
 
+# float round-off, bf16 or channels_last kernels: .ci/run runs these again under AVX2 kernels
+pytestmark = pytest.mark.isa
+
 
 @pytest.fixture
 def data():

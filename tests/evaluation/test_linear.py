@@ -17,6 +17,9 @@ from adios.evaluation.linear import (
 )
 from adios.evaluation.protocol import LabelledFeatures
 
+# float round-off, bf16 or channels_last kernels: .ci/run runs these again under AVX2 kernels
+pytestmark = pytest.mark.isa
+
 NUM_CLASSES, DIM = 6, 24
 
 

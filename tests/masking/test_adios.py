@@ -19,6 +19,9 @@ from adios.masking.adios import (
 )
 from adios.train import build_models, build_optimizers, train_step
 
+# float round-off, bf16 or channels_last kernels: .ci/run runs these again under AVX2 kernels
+pytestmark = pytest.mark.isa
+
 TINY = [
     "preset=shapes-paper",  # a base that does not move when the default preset is tuned
     "model.width=4", "masker.fbase=8", "masker.n_masks=3", "objective.proj_hidden=32",

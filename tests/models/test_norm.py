@@ -6,6 +6,9 @@ from torch import nn
 
 from adios.models.norm import BatchNorm1d, BatchNorm2d, batch_groups, frozen_bn_stats
 
+# float round-off, bf16 or channels_last kernels: .ci/run runs these again under AVX2 kernels
+pytestmark = pytest.mark.isa
+
 # (adios class, reference torch class, input shape with batch 6)
 LAYOUTS = [
     (BatchNorm2d, nn.BatchNorm2d, (6, 3, 4, 5)),

@@ -16,6 +16,9 @@ from adios.masking.adios import frozen, siamese_loss
 from adios.models.masker import OcclusionModel, build_masker
 from adios.models.slots import SlotMasker
 
+# float round-off, bf16 or channels_last kernels: .ci/run runs these again under AVX2 kernels
+pytestmark = pytest.mark.isa
+
 TINY = [
     "preset=shapes-paper",  # a base that does not move when the default preset is tuned
     "masker.kind=slots", "model.width=4", "masker.fbase=8", "masker.n_masks=3",

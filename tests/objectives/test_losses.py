@@ -13,6 +13,9 @@ from adios.objectives.losses import (
     nt_xent,
 )
 
+# float round-off, bf16 or channels_last kernels: .ci/run runs these again under AVX2 kernels
+pytestmark = pytest.mark.isa
+
 
 def brute_force_nt_xent(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent straight from the SimCLR paper: -log(exp(s_pos/T) / sum_{k != i} exp(s_ik/T))."""
