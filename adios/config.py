@@ -59,6 +59,9 @@ class DataConfig:
     # = the whole image kept, longer side resized to load_size (zero-padded to a square), and the
     # training crops drawn from it as the reference does (docs/fidelity.md: memory and start-up)
     load_size: int | None = None
+    # the last, partial batch of an epoch: false keeps it when it holds two or more images;
+    # true drops it, as the reference's DataLoader(drop_last=True) (the paper presets)
+    drop_last: bool = False
     scenes: SceneConfig = field(default_factory=SceneConfig)
 
     def __post_init__(self) -> None:
@@ -175,6 +178,9 @@ class MaskingConfig:
     alpha_entropy: float = 0.0
     # adios-s: draw the mask index again for the masker step (the reference); false: one draw
     independent_draws: bool = False
+    # adios-s with an objective that masks both views (SimSiam): one mask index per image for
+    # both views (the reference's simsiam_adios_s); false: each view draws its own
+    shared_view_index: bool = False
     # SimSiam + ADIOS, per mask the mean of -cos terms: always (p_a~, z_b) and (p_b~, z_a) (~ =
     # masked), plus (p_b, z_a~), (p_a, z_b~) [symmetry], (p_a, z_b), (p_b, z_a) [no mask],
     # (p_a~, z_b~), (p_b~, z_a~) [both masked]: the reference's use_*_mask flags
@@ -239,6 +245,10 @@ class OptimConfig:
     # SimSiam: the predictor keeps its base lr, never warmed up or decayed (the reference and
     # the SimSiam paper)
     fixed_predictor_lr: bool = False
+    # schedule_every=epoch: the predictor follows the schedule for its first epochs, then holds
+    # its base lr; 1 = the reference, whose scheduler sets every group to warmup_start_lr
+    # before the fixed rate takes over at the end of epoch 0
+    fixed_predictor_lr_from_epoch: int = 0
     # linear: every learning rate above is per lr_reference_batch images and is multiplied by
     # batch_size / lr_reference_batch (the reference code's rule); none: used as given
     lr_scaling: Literal["none", "linear"] = "none"
@@ -255,6 +265,11 @@ class OptimConfig:
                "mask_weight_decay", "must be >= 0")
         _check(self.warmup_start_lr >= 0, "warmup_start_lr", "must be >= 0")
         _check(self.train_mask_epochs >= 0, "train_mask_epochs", "must be >= 0")
+        _check(self.fixed_predictor_lr_from_epoch == 0 or (
+            self.fixed_predictor_lr and self.schedule_every == "epoch"),
+            "fixed_predictor_lr_from_epoch", "needs fixed_predictor_lr and schedule_every=epoch")
+        _check(self.fixed_predictor_lr_from_epoch >= 0, "fixed_predictor_lr_from_epoch",
+               "must be >= 0")
         _check(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
         _check(self.eta > 0, "eta", "must be positive")
         _check(0 <= self.warmup_epochs <= MAX_EPOCHS, "warmup_epochs",

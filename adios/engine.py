@@ -138,7 +138,7 @@ def build_optimizers(cfg: Config, models: Models) -> tuple[torch.optim.Optimizer
         held = {id(p) for p in predictor.parameters()}
         rest = [(n, p) for n, p in models.objective.named_parameters() if id(p) not in held]
         groups = param_groups(rest, weight_decay=o.weight_decay, lr=lr) + [
-            {**g, "fixed_lr": True}
+            {**g, "fixed_lr": True, "fixed_from_epoch": o.fixed_predictor_lr_from_epoch}
             for g in param_groups(predictor, weight_decay=o.weight_decay, lr=lr)]
     if models.probe is not None and o.probe_lars:  # its weight under LARS, no weight decay
         groups += param_groups(models.probe, weight_decay=0.0, lr=o.probe_lr * scale)
@@ -191,14 +191,18 @@ def draw_masks(cfg: Config, models: Models, a: Tensor, b: Tensor, generator: tor
     with amp:
         drawn = DrawnMasks(mask(b), mask(a) if both else None)
     if cfg.masking.mode == "adios-s":
-        draw_indices(drawn, generator)
+        draw_indices(drawn, generator, cfg.masking.shared_view_index)
     return drawn
 
 
-def draw_indices(masks: DrawnMasks, generator: torch.Generator) -> None:
-    """ADIOS-s: a mask index per image of each view, from the step's generator."""
+def draw_indices(masks: DrawnMasks, generator: torch.Generator, shared: bool = False) -> None:
+    """ADIOS-s: a mask index per image of each view, from the step's generator; ``shared``
+    (``masking.shared_view_index``): view a takes view b's indices."""
     n_masks, device = masks.b.shape[1], masks.b.device
     masks.index_b = torch.randint(n_masks, (masks.b.shape[0],), generator=generator).to(device)
+    if shared:
+        masks.index_a = masks.index_b
+        return
     batch_a = masks.a.shape[0] if masks.a is not None else masks.b.shape[0]
     masks.index_a = torch.randint(n_masks, (batch_a,), generator=generator).to(device)
 
@@ -372,7 +376,8 @@ def train_step(
         stats = encoder_step(cfg, models, encoder_opt, a, b, labels, masks, amp, scaler)
         if models.masker is not None and masker_opt is not None:
             if cfg.masking.mode == "adios-s" and cfg.masking.independent_draws:
-                draw_indices(masks, generator)  # the masker step's own draw, as the reference
+                # the masker step's own draw, as the reference
+                draw_indices(masks, generator, cfg.masking.shared_view_index)
             stats.update(masker_step(cfg, models, masker_opt, a, b, masks, amp, scaler))
     if scaler is not None:
         scaler.update()
@@ -567,7 +572,8 @@ def setup(cfg: Config, device: torch.device | None = None, env: DistEnv | None =
     labelled = train_split.labels is not None
     oracle = getattr(fixed_scheme(cfg.masking, cfg.data.image_size), "needs_objects", False)
     batches = shard(training_batches(dataset, train_split, cfg.optim.batch_size,
-                                     cfg.data.workers, instances=oracle), env)
+                                     cfg.data.workers, instances=oracle,
+                                     drop_last=cfg.data.drop_last), env)
     trainer = build_trainer(cfg, dataset.num_classes if labelled else None, device, len(batches))
     return Setup(cfg, device, env, dataset, train_split, val_split, augment, batches, trainer)
 

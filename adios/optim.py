@@ -235,9 +235,11 @@ def apply_epoch_schedule(
     final_fraction: float = 0.0,
     warmup_start_lr: float = 0.0,
 ) -> list[float]:
-    """:func:`epoch_warmup_cosine` for every group from its ``base_lr``; returns the rates."""
+    """:func:`epoch_warmup_cosine` for every group from its ``base_lr``; returns the rates. A
+    ``fixed_lr`` group holds its ``base_lr`` from epoch ``fixed_from_epoch`` (default 0) on."""
     lrs = [
-        group["base_lr"] if group.get("fixed_lr") else
+        group["base_lr"] if group.get("fixed_lr") and epoch >= group.get("fixed_from_epoch", 0)
+        else
         epoch_warmup_cosine(epoch, epochs, warmup_epochs, group["base_lr"],
                             final=final_fraction * group["base_lr"], warmup_start=warmup_start_lr)
         for group in optimizer.param_groups

@@ -145,6 +145,61 @@ SCRIPT_ARGS: dict[str, dict[str, Any]] = {
         "saturation": 0.25, "N": 6, "mask_fbase": 32, "output_dim": 256,
         "pred_hidden_dim": 8192, "proj_hidden_dim": 4096, "unet_norm": "gn",
     },
+    "imagenet100s-vit-byol-adios": {
+        "script": "imagenet100s/vittiny/byol_adios.sh",
+        "dataset": "imagenet100s", "encoder": "vit_tiny", "method": "byol_adios",
+        "alpha_entropy": 0.0, "alpha_sparsity": 0.9517975576926448, "batch_size": 128,
+        "classifier_lr": 0.1, "lr": 0.21411127909038455, "mask_lr": 0.32636188418935613,
+        "max_epochs": 300, "weight_decay": 1e-05, "brightness": 0.4, "contrast": 0.4,
+        "hue": 0.1, "saturation": 0.2, "N": 6, "mask_fbase": 8, "output_dim": 256,
+        "pred_hidden_dim": 8192, "proj_hidden_dim": 4096, "unet_norm": "gn",
+    },
+    "imagenet100s-vit-simsiam-adios": {
+        "script": "imagenet100s/vittiny/simsiam_adios.sh",
+        "dataset": "imagenet100s", "encoder": "vit_tiny", "method": "simsiam_adios",
+        "alpha_entropy": 0.0, "alpha_sparsity": 0.7217629549008437, "batch_size": 128,
+        "classifier_lr": 0.1, "lr": 0.4968768680935606, "mask_lr": 0.0665602736669426,
+        "use_both_mask": True, "use_no_mask": False, "use_symmetry_mask": False,
+        "weight_decay": 1e-05, "max_epochs": 300, "brightness": 0.4, "contrast": 0.4,
+        "hue": 0.1, "saturation": 0.4, "N": 4, "mask_fbase": 16, "output_dim": 2048,
+        "pred_hidden_dim": 512, "proj_hidden_dim": 2048, "unet_norm": "gn", "num_blocks": 4,
+    },
+    "stl10-vit-simclr-adios": {
+        "script": "stl10/vittiny/simclr_adios.sh",
+        "dataset": "stl10", "encoder": "vit_tiny", "method": "simclr_adios",
+        "alpha_entropy": 0.0, "alpha_sparsity": 0.39131043617986705, "batch_size": 128,
+        "classifier_lr": 0.1, "lr": 0.102523479861102, "mask_lr": 0.0941063568112331,
+        "weight_decay": 0.0001, "temperature": 0.2, "max_epochs": 200, "N": 4,
+        "mask_fbase": 32, "output_dim": 128, "proj_hidden_dim": 2048, "unet_norm": "gn",
+    },
+    "stl10-vit-byol-adios": {
+        "script": "stl10/vittiny/byol_adios.sh",
+        "dataset": "stl10", "encoder": "vit_tiny", "method": "byol_adios",
+        "alpha_entropy": 0.0, "alpha_sparsity": 0.8269158678071891, "batch_size": 64,
+        "classifier_lr": 0.1, "lr": 0.44397171059658247, "mask_lr": 0.20463999909125877,
+        "weight_decay": 1e-05, "max_epochs": 200, "N": 6, "mask_fbase": 32,
+        "output_dim": 256, "pred_hidden_dim": 8192, "proj_hidden_dim": 4096, "unet_norm": "gn",
+    },
+    "stl10-vit-simsiam-adios": {
+        "script": "stl10/vittiny/simsiam_adios.sh",
+        "dataset": "stl10", "encoder": "vit_tiny", "method": "simsiam_adios",
+        "alpha_entropy": 0.0, "alpha_sparsity": 0.8581936366173779, "batch_size": 128,
+        "lr": 0.2917762337709393, "mask_lr": 0.0931682474492948, "max_epochs": 200,
+        "use_both_mask": False, "use_no_mask": False, "use_symmetry_mask": True,
+        "weight_decay": 1e-05, "brightness": 0.4, "contrast": 0.4, "hue": 0.1,
+        "saturation": 0.4, "N": 6, "mask_fbase": 16, "output_dim": 2048,
+        "pred_hidden_dim": 512, "proj_hidden_dim": 2048, "unet_norm": "gn", "num_blocks": 4,
+    },
+    "imagenet100-simsiam-adios-s": {
+        "script": "imagenet100/resnet18/simsiam_adios_s.sh",
+        "dataset": "imagenet100", "encoder": "resnet18", "method": "simsiam_adios_s",
+        "alpha_entropy": 0.0, "alpha_sparsity": 0.5, "batch_size": 128, "classifier_lr": 0.1,
+        "lr": 0.5424648008289498, "mask_lr": 0.4846424666121607, "use_both_mask": True,
+        "use_no_mask": True, "use_symmetry_mask": True, "weight_decay": 1e-05,
+        "max_epochs": 400, "brightness": 0.4, "contrast": 0.4, "hue": 0.1, "saturation": 0.4,
+        "N": 4, "mask_fbase": 32, "output_dim": 2048, "pred_hidden_dim": 512,
+        "proj_hidden_dim": 2048, "unet_norm": "gn", "num_blocks": 4,
+    },
 }
 
 _NORM = {"gn": "group", "in": "instance", "no": "none"}
@@ -192,6 +247,7 @@ def reference_values(preset: str) -> dict[str, Any]:
         "train.epochs": args["max_epochs"],
         "train.probe_views": "both",  # BaseModel.training_step: mean CE over the two crops
         "train.bn_stats": "mixed",
+        "data.drop_last": True,  # src/utils/pretrain_dataloader.py DataLoader(drop_last=True)
     }
     for view in ("view_a", "view_b"):  # one pipeline for both crops
         ours.update({
@@ -218,10 +274,15 @@ def reference_values(preset: str) -> dict[str, Any]:
         ours["objective.final_momentum"] = args["final_tau_momentum"]
     if objective == "simsiam":
         ours["optim.fixed_predictor_lr"] = True  # src/methods/simsiam_adios.py static_lr
+        # base.py patches the static rate into the scheduler after its constructor has set every
+        # group to warmup_start_lr: the predictor trains epoch 0 at that rate
+        ours["optim.fixed_predictor_lr_from_epoch"] = 1
         for flag in ("use_symmetry_mask", "use_no_mask", "use_both_mask"):
             ours[f"masking.{flag}"] = args[flag]
     if method.endswith("_s"):
         ours["masking.independent_draws"] = True  # inpaint_forward and mask_forward each draw
+        if objective == "simsiam":  # simsiam_adios_s.py: one chosen_mask for both views
+            ours["masking.shared_view_index"] = True
     return ours
 
 

@@ -100,6 +100,47 @@ def test_adios_s_masker_step_draws_its_own_index(monkeypatch, independent):
     assert torch.equal(seen[1], second if independent else first)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_adios_s_simsiam_views_share_the_mask_index_when_asked(monkeypatch, shared):
+    """masking.shared_view_index: one index per image for both views (simsiam_adios_s.py)."""
+    cfg, models = tiny("masking.mode=adios-s", "masking.independent_draws=true",
+                       f"masking.shared_view_index={shared}", objective="simsiam")
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    seen = []
+    real = engine.siamese_loss
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["index_a"].clone(), kwargs["index_b"].clone()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "siamese_loss", spy)
+    a, b, y = batch()
+    train_step(cfg, models, encoder_opt, masker_opt, a, b, y, torch.Generator().manual_seed(0))
+    assert len(seen) == 2  # the encoder's step and the masker's, each with its own draw
+    for index_a, index_b in seen:
+        assert torch.equal(index_a, index_b) == shared
+    assert not torch.equal(seen[0][1], seen[1][1])
+
+
+def test_fixed_predictor_lr_holds_from_its_epoch():
+    """optim.fixed_predictor_lr_from_epoch=1: the predictor trains epoch 0 at warmup_start_lr
+    (the reference's scheduler sets every group before the fixed rate takes over), then its
+    base lr, while the other groups warm up."""
+    cfg, _ = tiny("optim.fixed_predictor_lr=true", "optim.fixed_predictor_lr_from_epoch=1",
+                  "optim.schedule_every=epoch", "optim.warmup_epochs=3",
+                  "optim.warmup_start_lr=0.003", "optim.lr=0.5", "train.epochs=6",
+                  objective="simsiam")
+    trainer = build_trainer(cfg, 3, torch.device("cpu"), steps_per_epoch=2)
+    for step, predictor_lr, other_lr in ((0, 0.003, 0.003), (1, 0.003, 0.003),
+                                         (2, 0.5, epoch_warmup_cosine(1, 6, 3, 0.5, 0.0, 0.003)),
+                                         (11, 0.5, epoch_warmup_cosine(5, 6, 3, 0.5, 0.0, 0.003))):
+        trainer.schedule(step)
+        groups = trainer.encoder_opt.param_groups
+        fixed = [g["lr"] for g in groups if g.get("fixed_lr")]
+        assert fixed and fixed == pytest.approx([predictor_lr] * len(fixed))
+        assert groups[0]["lr"] == pytest.approx(other_lr) and not groups[0].get("fixed_lr")
+
+
 def test_entropy_term_moves_the_masker_by_its_gradient():
     """Plain SGD, float64: the masker's step with alpha_entropy differs from the step without
     by mask_lr * alpha * dE/dphi, E computed here from the masks before the step."""

@@ -4,7 +4,8 @@ The table below is copied by hand from the authors' scripts (YugeTen/adios,
 bash_files/training/...), independently of adios/reference.py: a preset, the reference module
 and this table must all agree. Jitter is (brightness, contrast, saturation, hue); scripts that set
 none use the reference default 0.8, 0.8, 0.8, 0.2. No script sets blur (p 0.5, sigma 0.1-2 px),
-solarisation (0) or the LARS mode (clip, --grad_clip_lars defaults to true).
+solarisation (0) or the LARS mode (clip, --grad_clip_lars defaults to true). Every script
+of bash_files/training/ (fifteen) has its preset here.
 """
 
 from pathlib import Path
@@ -53,6 +54,38 @@ SCRIPTS = {
         "imagenet100/resnet18/byol_adios_s.sh", 6, 1.0, 0.0, 0.8087906078374081,
         0.12952098519347935, 1e-5, 128, 400, None, 32, "group", (4096, 256, 8192),
         (0.5, 0.2, 0.25, 0.05)),
+    "imagenet100s-vit-byol-adios": (
+        "imagenet100s/vittiny/byol_adios.sh", 6, 0.9517975576926448, 0.0,
+        0.21411127909038455, 0.32636188418935613, 1e-5, 128, 300, None, 8, "group",
+        (4096, 256, 8192), (0.4, 0.4, 0.2, 0.1)),
+    "imagenet100s-vit-simsiam-adios": (
+        "imagenet100s/vittiny/simsiam_adios.sh", 4, 0.7217629549008437, 0.0,
+        0.4968768680935606, 0.0665602736669426, 1e-5, 128, 300, None, 16, "group",
+        (2048, 2048, 512), (0.4, 0.4, 0.4, 0.1)),
+    "stl10-vit-simclr-adios": (
+        "stl10/vittiny/simclr_adios.sh", 4, 0.39131043617986705, 0.0, 0.102523479861102,
+        0.0941063568112331, 1e-4, 128, 200, 0.2, 32, "group", (2048, 128, None),
+        (0.8, 0.8, 0.8, 0.2)),
+    "stl10-vit-byol-adios": (
+        "stl10/vittiny/byol_adios.sh", 6, 0.8269158678071891, 0.0, 0.44397171059658247,
+        0.20463999909125877, 1e-5, 64, 200, None, 32, "group", (4096, 256, 8192),
+        (0.8, 0.8, 0.8, 0.2)),
+    "stl10-vit-simsiam-adios": (
+        "stl10/vittiny/simsiam_adios.sh", 6, 0.8581936366173779, 0.0, 0.2917762337709393,
+        0.0931682474492948, 1e-5, 128, 200, None, 16, "group", (2048, 2048, 512),
+        (0.4, 0.4, 0.4, 0.1)),
+    "imagenet100-simsiam-adios-s": (
+        "imagenet100/resnet18/simsiam_adios_s.sh", 4, 0.5, 0.0, 0.5424648008289498,
+        0.4846424666121607, 1e-5, 128, 400, None, 32, "group", (2048, 2048, 512),
+        (0.4, 0.4, 0.4, 0.1)),
+}
+# SimSiam scripts: --use_symmetry_mask, --use_no_mask, --use_both_mask, --num_blocks
+SIMSIAM = {
+    "imagenet100s-simsiam-adios": (False, True, True, 4),
+    "stl10-simsiam-adios": (False, True, False, 5),
+    "imagenet100s-vit-simsiam-adios": (False, False, True, 4),
+    "stl10-vit-simsiam-adios": (True, False, False, 4),
+    "imagenet100-simsiam-adios-s": (True, True, True, 4),
 }
 
 
@@ -69,7 +102,20 @@ def test_preset_matches_its_script_key_by_key(preset: str) -> None:
         "masker.fbase": fbase, "masker.norm": norm, "objective.proj_hidden": heads[0],
         "objective.proj_out": heads[1], "optim.name": "lars", "optim.lars_clip": True,
         "optim.eta": 0.02, "optim.warmup_epochs": 10, "optim.warmup_start_lr": 0.003,
+        "data.drop_last": True,  # the reference's pretraining DataLoader(drop_last=True)
     }
+    if preset.endswith("-adios-s"):  # mask_forward and inpaint_forward each draw an index
+        expected["masking.independent_draws"] = True
+    if preset in SIMSIAM:
+        symmetry, no_mask, both_mask, blocks = SIMSIAM[preset]
+        expected.update({
+            "masking.use_symmetry_mask": symmetry, "masking.use_no_mask": no_mask,
+            "masking.use_both_mask": both_mask, "masker.num_blocks": blocks,
+            # static_lr, patched in after the scheduler set epoch 0 to warmup_start_lr
+            "optim.fixed_predictor_lr": True, "optim.fixed_predictor_lr_from_epoch": 1,
+        })
+    if preset in SIMSIAM and preset.endswith("-adios-s"):
+        expected["masking.shared_view_index"] = True  # simsiam_adios_s.py: one chosen_mask
     if temperature is not None:
         expected["objective.temperature"] = temperature
     if heads[2] is not None:
@@ -95,6 +141,8 @@ def test_preset_matches_its_script_key_by_key(preset: str) -> None:
 
 def test_every_paper_preset_has_a_script_row() -> None:
     assert sorted(SCRIPT_ARGS) == sorted(SCRIPTS)
+    # the fifteen scripts of bash_files/training/ each have their preset
+    assert len({row[0] for row in SCRIPTS.values()}) == 15
 
 
 def test_docs_presets_table_is_current() -> None:

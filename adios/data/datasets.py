@@ -45,7 +45,7 @@ from adios.data.readers import (
     warn_skipped,
 )
 from adios.data.scenes import generate_scenes
-from adios.data.streaming import StreamingBatches
+from adios.data.streaming import StreamingBatches, steps_per_epoch
 
 SCENE_COUNTS = (4096, 1024, 1024)  # train, val, test scenes when data.num_* is null
 VAL_FRACTION = 0.1  # of the labelled training images, when data.num_val is null
@@ -258,11 +258,12 @@ def knn_bank(split: Split, size: int) -> Split:
 
 
 def training_batches(dataset: Dataset, train_split: Split, batch_size: int,
-                     workers: int | None = None,
-                     instances: bool = False) -> InMemoryBatches | StreamingBatches:
+                     workers: int | None = None, instances: bool = False,
+                     drop_last: bool = False) -> InMemoryBatches | StreamingBatches:
     """The training loop's batch source: the in-memory split, or the streamed files.
 
     ``instances``: batches also carry the instance maps (the oracle masking scheme needs them).
+    ``drop_last``: no partial last batch (``data.drop_last``).
     Whole-image sources (``data.load_size``) have ``has_extents``: each batch ends with the CPU
     (B, 2) extents for :class:`adios.data.augment.TwoViewAugment`.
     """
@@ -272,11 +273,12 @@ def training_batches(dataset: Dataset, train_split: Split, batch_size: int,
     if dataset.train_files is not None:
         size = dataset.load_size or train_split.images.shape[-1]
         return StreamingBatches(dataset.train_files, batch_size, size, train_split.images.device,
-                                workers, whole=dataset.load_size is not None)
+                                workers, whole=dataset.load_size is not None,
+                                drop_last=drop_last)
     if dataset.train_whole is not None:
         return InMemoryBatches(to_device(dataset.train_whole, train_split.images.device),
-                               batch_size)
-    return InMemoryBatches(train_split, batch_size, instances)
+                               batch_size, drop_last=drop_last)
+    return InMemoryBatches(train_split, batch_size, instances, drop_last=drop_last)
 
 
 class InMemoryBatches:
@@ -287,14 +289,13 @@ class InMemoryBatches:
     ``instances`` a batch is (images, labels, instance maps).
     """
 
-    def __init__(self, split: Split, batch_size: int, instances: bool = False) -> None:
+    def __init__(self, split: Split, batch_size: int, instances: bool = False,
+                 drop_last: bool = False) -> None:
         self.split = split
         self.instances = instances
         self.has_extents = split.extents is not None
         self.batch_size = min(batch_size, len(split))
-        self.steps = len(split) // self.batch_size
-        if len(split) % self.batch_size >= 2:  # a last batch of one sample cannot be normalised
-            self.steps += 1
+        self.steps = steps_per_epoch(len(split), self.batch_size, drop_last)
 
     def __len__(self) -> int:
         return self.steps

@@ -37,6 +37,13 @@ def _stack(items: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, 
     return torch.stack(images), torch.stack(labels), torch.stack(extents)
 
 
+def steps_per_epoch(images: int, batch_size: int, drop_last: bool = False) -> int:
+    """Full batches, plus the partial last one unless ``drop_last`` or it holds one image (a
+    batch of one sample cannot be normalised)."""
+    steps = images // batch_size
+    return steps + 1 if not drop_last and images % batch_size >= 2 else steps
+
+
 class StreamingBatches:
     """Shuffled uint8 batches of image files, decoded ahead of the training step.
 
@@ -54,15 +61,14 @@ class StreamingBatches:
         workers: int | None = None,
         prefetch: int = 4,
         whole: bool = False,
+        drop_last: bool = False,
     ) -> None:
         self.files, self.image_size, self.device = files, image_size, torch.device(device)
         self.has_extents = whole
         self.workers = default_workers() if workers is None else workers
         self.prefetch = prefetch
         self.batch_size = min(batch_size, len(files))
-        self.steps = len(files) // self.batch_size
-        if len(files) % self.batch_size >= 2:  # a last batch of one sample cannot be normalised
-            self.steps += 1
+        self.steps = steps_per_epoch(len(files), self.batch_size, drop_last)
 
     def __len__(self) -> int:
         return self.steps

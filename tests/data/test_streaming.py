@@ -11,7 +11,7 @@ from PIL import Image
 from adios.cli import main
 from adios.config import load_config
 from adios.data.datasets import InMemoryBatches, load_dataset, training_batches
-from adios.data.streaming import StreamingBatches
+from adios.data.streaming import StreamingBatches, steps_per_epoch
 from adios.train import build_models, build_optimizers, train_step
 
 
@@ -69,6 +69,23 @@ def test_size_picks_the_source_and_streamed_batches_equal_in_memory_ones(folder)
                 assert images.dtype == torch.uint8 and images.shape[1:] == (3, 16, 16)
                 assert torch.equal(images, expected_images)
                 assert torch.equal(labels, expected_labels)
+
+
+def test_drop_last_counts_full_batches_only(folder):
+    """data.drop_last: the reference's DataLoader(drop_last=True), in memory and streamed."""
+    memory = load_dataset(data_config(folder))
+    streamed = load_dataset(data_config(folder, "data.memory_limit_mb=0"), bank_size=5)
+    for dataset, images in ((memory, memory.train), (streamed, streamed.train)):
+        kept = training_batches(dataset, images, 8, workers=0)
+        dropped = training_batches(dataset, images, 8, workers=0, drop_last=True)
+        assert (len(kept), len(dropped)) == (5, 4)  # 36 images: 4 full batches and one of 4
+        sizes = [len(batch[0]) for batch in dropped.epoch(torch.Generator().manual_seed(0))]
+        assert sizes == [8, 8, 8, 8]
+    # STL-10 train+unlabeled (105,000) and ImageNet-100 (126,689) at batch 128: the reference's
+    # 820 and 989 steps per epoch
+    assert [steps_per_epoch(n, 128, drop_last=True) for n in (105_000, 126_689)] == [820, 989]
+    assert [steps_per_epoch(n, 128) for n in (105_000, 126_689)] == [821, 990]
+    assert steps_per_epoch(17, 8) == 2  # a last batch of one image is never kept
 
 
 def test_train_streams_a_folder_end_to_end(folder, tmp_path):
