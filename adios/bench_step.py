@@ -39,7 +39,7 @@ from adios.engine import Trainer, build_trainer
 from adios.masking.blobs import random_blob_masks
 from adios.masking.schemes import LEARNED, SCHEMES
 from adios.masking.tokens import TOKEN_MODES
-from adios.perf import MemoryWindow, check_precision, pick_device, synchronize
+from adios.perf import MemoryWindow, check_precision, pick_device, resolve_auto, synchronize
 
 SCHEDULES = ("reference", "fast", "single-pass")
 FIXED = tuple(s for s in SCHEMES if s not in ("none", *LEARNED))
@@ -118,6 +118,7 @@ def bench_step(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device(cfg.train.device)
+    cfg = resolve_auto(cfg, device)
     check_precision(cfg.train.precision, device)
     batch, size = cfg.optim.batch_size, cfg.data.image_size
     data = torch.Generator().manual_seed(cfg.seed)

@@ -296,8 +296,11 @@ class TrainConfig:
     knn_bank: int = 4096  # training images used as the kNN memory bank (at most the split size)
     eval_batch_size: int = 256
     progress: bool = True
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 (loss scaling): CUDA only
-    channels_last: bool = False  # NHWC memory layout for the backbone, the masker and the views
+    # autocast; fp16 (loss scaling): CUDA only; auto: bf16 where the device computes it natively
+    # (a CUDA GPU with bf16, a CPU with AMX-BF16 or AVX512-BF16), else fp32 (adios/perf.py)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    # NHWC memory layout for the backbone, the masker and the views; auto: on for a ResNet
+    channels_last: bool | Literal["auto"] = False
     compile: bool = False  # torch.compile the backbone (slow to start; pays off on long runs)
     sync_bn: bool = False  # torchrun: batch-norm statistics over all processes' batches
     # what the encoder's batch-norm running statistics (used by kNN / linear evaluation) track:

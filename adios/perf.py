@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import os
 import resource
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from adios.config import ConfigError
+from adios.config import Config, ConfigError
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -33,6 +35,52 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda, but no CUDA device is available; use auto or cpu")
     return torch.device(name)
+
+
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below the first with bf16 dot products
+_NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                 "AVX512_CORE_VNNI"}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where there is none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_has_native_bf16(flags: set[str], env: dict[str, str] | None = None) -> bool:
+    """AMX-BF16 or AVX512-BF16, unless oneDNN is capped below them. Without them bf16 autocast
+    is emulated and far slower than fp32 (AVX2: 5-10x, BENCHMARKS.md), not faster."""
+    cap = (os.environ if env is None else env).get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return bool(flags & {"amx_bf16", "avx512_bf16"}) and cap not in _NO_BF16_ISAS
+
+
+def resolve_auto(cfg: Config, device: torch.device, flags: set[str] | None = None,
+                 env: dict[str, str] | None = None) -> Config:
+    """``cfg`` with ``train.precision`` and ``train.channels_last`` of ``auto`` made concrete
+    for ``device``: bf16 where it is native, NHWC for a ResNet (faster in fp32 and bf16 on the
+    CPUs measured, BENCHMARKS.md; cuDNN's tensor cores want it)."""
+    train = cfg.train
+    precision, layout = train.precision, train.channels_last
+    if precision == "auto":
+        if device.type == "cuda":
+            native = torch.cuda.is_bf16_supported()
+        else:
+            native = device.type == "cpu" and cpu_has_native_bf16(
+                cpu_flags() if flags is None else flags, env)
+        precision = "bf16" if native else "fp32"
+    if layout == "auto":
+        layout = cfg.model.backbone.startswith("resnet")
+    if (precision, layout) == (train.precision, train.channels_last):
+        return cfg
+    return dataclasses.replace(
+        cfg, train=dataclasses.replace(train, precision=precision, channels_last=layout))
 
 
 def check_precision(precision: str, device: torch.device) -> None:

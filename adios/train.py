@@ -42,7 +42,7 @@ from adios.evaluation.scores import balanced_accuracy, majority_rate
 from adios.masking.adios import mask_confidence, mask_sizes
 from adios.masking.blobs import random_blob_masks
 from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
-from adios.perf import check_precision, peak_memory_mb, pick_device
+from adios.perf import check_precision, peak_memory_mb, pick_device, resolve_auto
 from adios.rundir import open_run_dir
 from adios.runlog import MetricsLog, NullLog, read_metrics
 from adios.viz import mask_figure
@@ -78,6 +78,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     started = time.time()
     device = pick_device(cfg.train.device)
     env, device = setup_distributed(device)
+    cfg = resolve_auto(cfg, device)
     check_precision(cfg.train.precision, device)
     check_batch_size(cfg.optim.batch_size, env)
     main = env.is_main

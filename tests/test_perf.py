@@ -23,6 +23,7 @@ from adios.perf import (
     compile_module,
     grad_scaler,
     peak_memory_mb,
+    resolve_auto,
     use_channels_last,
 )
 from adios.train import build_models, build_optimizers, train_step
@@ -120,6 +121,36 @@ def test_bf16_step_moves_every_player_as_float32_does(schedule):
         cosine = torch.nn.functional.cosine_similarity(update, expected, dim=0)
         assert cosine > 0.99, (name, cosine.item())
         assert update.norm() / expected.norm() == pytest.approx(1, abs=0.05), name
+
+
+AMX_XEON = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+ZEN4_EPYC = {"avx2", "avx512f", "avx512_bf16"}
+AVX2_LAPTOP = {"avx2", "fma", "f16c"}
+
+
+def test_auto_precision_and_layout_resolve_from_the_cpu_features():
+    """bf16 only with native bf16 (AMX or AVX512-BF16) and oneDNN not capped below it; NHWC for
+    a ResNet; explicit settings untouched."""
+    cpu = torch.device("cpu")
+    auto = load_config([*TINY, "train.precision=auto", "train.channels_last=auto"])
+
+    def resolved(cfg, flags, env=None):
+        train = resolve_auto(cfg, cpu, flags=flags, env=env or {}).train
+        return train.precision, train.channels_last
+
+    assert resolved(auto, AMX_XEON) == ("bf16", True)
+    assert resolved(auto, ZEN4_EPYC) == ("bf16", True)
+    assert resolved(auto, AVX2_LAPTOP) == ("fp32", True)
+    assert resolved(auto, set()) == ("fp32", True)  # no /proc/cpuinfo (macOS): fp32
+    assert resolved(auto, AMX_XEON, {"ONEDNN_MAX_CPU_ISA": "AVX2"}) == ("fp32", True)
+    assert resolved(auto, AMX_XEON, {"ONEDNN_MAX_CPU_ISA": "avx512_core_amx"}) == ("bf16", True)
+    vit = load_config([*TINY, "model.backbone=vit_tiny", "data.image_size=32",
+                       "train.precision=auto", "train.channels_last=auto"])
+    assert resolved(vit, AVX2_LAPTOP) == ("fp32", False)
+    explicit = load_config([*TINY, "train.precision=fp32", "train.channels_last=false"])
+    assert resolved(explicit, AMX_XEON) == ("fp32", False)
+    with pytest.raises(ConfigError, match="channels_last"):
+        load_config([*TINY, "train.channels_last=maybe"])
 
 
 def test_fp16_is_refused_on_cpu_with_a_clear_error(tmp_path, capsys):

@@ -85,6 +85,7 @@ def evaluate_cell(run_dir: Path, evaluations: Sequence[str] = DEFAULT_EVALUATION
 
 def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], None]) -> str:
     """Train (or resume) and evaluate one cell; returns what was done."""
+    from adios.perf import pick_device, resolve_auto
     from adios.train import train
 
     run_dir = cell.run_dir(grid)
@@ -92,6 +93,9 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
     if state in ("done", "failed", "running"):  # running: another compare (or train) has it
         return state
     cfg = cell_config(grid, cell, budget_epochs(grid, cell, extra, say), extra)
+    # as train() records it in config.yaml: a cell resumed on a CPU that resolves auto otherwise
+    # (bf16 against fp32) is another configuration
+    cfg = resolve_auto(cfg, pick_device(cfg.train.device))
     saved_path = run_dir / "config.yaml"
     if state in ("resume", "evaluate") and saved_path.is_file():
         saved = read_yaml(saved_path, "config.yaml")
