@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from adios.config import ConfigError
+from adios.config import Config, ConfigError
 from adios.models.norm import sync_batch_norm
 from adios.objectives.base import SiameseObjective
 from adios.objectives.losses import NTXentLoss
@@ -107,6 +107,16 @@ def check_batch_size(batch_size: int, env: DistEnv) -> int:
             f"of at least 2 over {env.world_size} processes"
         )
     return batch_size // env.world_size
+
+
+def check_supported(cfg: Config, env: DistEnv) -> None:
+    """Refuse, before the data loads and the run directory exists, what torchrun cannot run:
+    the token modes have no DDP wrappers yet (their step would fail only once training starts)."""
+    if env.enabled and cfg.masking.mode.startswith("token-"):
+        raise ConfigError(
+            f"masking.mode: {cfg.masking.mode} does not run under torchrun yet (no DDP on the "
+            f"token path); run it in one process"
+        )
 
 
 def from_main(env: DistEnv, make: Callable[[], T]) -> T:

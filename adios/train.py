@@ -22,7 +22,7 @@ from adios.api import encoder_metadata, masker_metadata
 from adios.checkpoint import export_safetensors, load_optimizer_state, load_state, write_json
 from adios.config import Config, to_dict
 from adios.data.datasets import Dataset, Split, knn_bank
-from adios.distributed import check_batch_size, from_main, replicate
+from adios.distributed import check_batch_size, check_supported, from_main, replicate
 from adios.distributed import setup as setup_distributed
 from adios.engine import (
     Models,
@@ -81,6 +81,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     cfg = resolve_auto(cfg, device)
     check_precision(cfg.train.precision, device)
     check_batch_size(cfg.optim.batch_size, env)
+    check_supported(cfg, env)
     main = env.is_main
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

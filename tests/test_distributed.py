@@ -214,5 +214,25 @@ def test_shards_partition_each_global_batch_and_generators_differ_by_process():
         check_batch_size(10, DistEnv(0, 4))
 
 
+@pytest.mark.parametrize("mode", ["token-random", "token-adios"])
+def test_token_modes_under_torchrun_are_refused_before_the_run_directory(
+    tmp_path, monkeypatch, mode
+):
+    """The refusal comes before the data loads and anything is written (issue 25, item 9)."""
+    import adios.train
+    from adios.errors import ConfigError
+
+    def two_process_env(device):
+        return DistEnv(0, 2), device
+
+    monkeypatch.setattr(adios.train, "setup_distributed", two_process_env)
+    run_dir = tmp_path / "run"
+    cfg = load_config(["preset=shapes-vit-simclr-token-adios", f"masking.mode={mode}",
+                       "train.device=cpu", "optim.batch_size=4", f"run_dir={run_dir}"])
+    with pytest.raises(ConfigError, match="torchrun"):
+        adios.train.train(cfg)
+    assert not run_dir.exists()
+
+
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))
