@@ -309,6 +309,9 @@ class TrainConfig:
     # unmasked (the reference; the paper presets)
     bn_stats: Literal["mixed", "unmasked"] = "unmasked"
     probe_views: Literal["a", "both"] = "a"  # both: mean of the two views' CEs (the reference)
+    # deterministic kernels, no cuDNN autotuning, no TF32 (adios/perf.py, make_deterministic):
+    # what exact resume and identical reruns on a GPU need; slower there, no change on a CPU
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", "must be at least 1")

@@ -58,6 +58,7 @@ from adios.perf import (
     channels_last,
     compile_module,
     grad_scaler,
+    make_deterministic,
     optimizer_step,
     pick_device,
     synchronize,
@@ -563,6 +564,7 @@ class Setup:
 def setup(cfg: Config, device: torch.device | None = None, env: DistEnv | None = None, *,
           progress: bool = False) -> Setup:
     """Data on the device, the two-view augmentation, the models and the batch source."""
+    make_deterministic(cfg.train.deterministic)
     device = pick_device(cfg.train.device) if device is None else device
     env = DistEnv() if env is None else env
     dataset = load_dataset(cfg.data, bank_size=cfg.train.knn_bank, progress=progress)

@@ -37,6 +37,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def make_deterministic(enabled: bool) -> None:
+    """``train.deterministic``: the same numbers on every rerun and resume of a GPU run.
+
+    Deterministic kernels (``warn_only``: an op with none on CUDA warns once, naming itself,
+    instead of stopping the run), no cuDNN autotuning (it may pick another algorithm each run),
+    no TF32 (which recent GPUs use for float32 convolutions by default) and the cuBLAS
+    workspace its deterministic mode needs. Process-wide, and left on; off does nothing.
+    """
+    if not enabled:
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 # oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below the first with bf16 dot products
 _NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
                  "AVX512_CORE_VNNI"}

@@ -3,7 +3,9 @@ groups, schedules, ADIOS-s draws, the entropy term, the probe on both views, the
 statistics policy, SimSiam's loss terms, and every paper preset's recipe stepping."""
 
 import copy
+import itertools
 import math
+import os
 
 import pytest
 import torch
@@ -257,3 +259,32 @@ def test_every_paper_recipe_steps(preset):
         assert all(math.isfinite(v) for v in stats.values() if isinstance(v, float))
     assert trainer.encoder_opt.param_groups[0]["clip"]
     assert trainer.encoder_opt.param_groups[0]["lr"] == pytest.approx(0.003)  # epoch 0
+
+
+def test_deterministic_option_is_applied_and_two_runs_end_equal(monkeypatch):
+    """train.deterministic sets torch's process-wide switches (what a GPU's exact resume needs;
+    on a CPU they change nothing, so only the switches and the equal reruns are checked here)."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    backends = torch.backends
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), backends.cudnn.benchmark,
+             backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
+    cfg, _ = tiny("train.deterministic=true", "data.num_train=16", "data.num_val=8",
+                  "data.num_test=8", "train.knn_bank=16")
+    try:
+        weights = []
+        for _ in range(2):
+            s = engine.setup(cfg)
+            for _ in itertools.islice(engine.iterations(s), 2):
+                pass
+            weights.append(copy.deepcopy(s.models.objective.state_dict()))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not backends.cudnn.benchmark and not backends.cudnn.allow_tf32
+        assert not backends.cuda.matmul.allow_tf32
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        backends.cudnn.benchmark, backends.cudnn.allow_tf32 = saved[2], saved[3]
+        backends.cuda.matmul.allow_tf32 = saved[4]
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
