@@ -282,7 +282,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, then mps, then cpu
     threads: int | None = None  # torch CPU threads; None: torch's default
     log_every: int = 10
     wandb_project: str | None = None  # also log to this Weights & Biases project (extra `wandb`)

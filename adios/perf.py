@@ -29,12 +29,21 @@ _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_device(name: str) -> torch.device:
-    """``train.device``: auto (CUDA when present), cpu or cuda (an error when there is none)."""
+    """``train.device``: auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda or mps (an
+    error when that device is missing)."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda, but no CUDA device is available; use auto or cpu")
+        return torch.device(next((kind for kind, there in available.items() if there), "cpu"))
+    if not available.get(name, True):
+        raise ConfigError(f"train.device: {name}, but no {name.upper()} device is available; "
+                          f"use auto or cpu")
     return torch.device(name)
+
+
+def float64(tensor: Tensor) -> Tensor:
+    """``tensor`` in float64, moved to the CPU from an MPS device, which has no float64."""
+    device = torch.device("cpu") if tensor.device.type == "mps" else tensor.device
+    return tensor.to(device, torch.float64)
 
 
 def make_deterministic(enabled: bool) -> None:
@@ -247,3 +256,5 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that wall-clock timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

@@ -21,8 +21,10 @@ from adios.perf import (
     autocast,
     channels_last,
     compile_module,
+    float64,
     grad_scaler,
     peak_memory_mb,
+    pick_device,
     resolve_auto,
     use_channels_last,
 )
@@ -296,3 +298,28 @@ def test_single_pass_bf16_channels_last_run_reports_peak_memory(tmp_path):
     peaks = [row["peak_mem_mb"] for row in rows if "elapsed_s" in row] + [summary["peak_mem_mb"]]
     assert resident_mb <= peaks[0] and peaks == sorted(peaks)
     assert any("adv_loss" in row and "penalty" in row for row in rows)
+
+
+@pytest.mark.parametrize(("cuda", "mps", "auto"), [
+    (True, True, "cuda"), (False, True, "mps"), (True, False, "cuda"), (False, False, "cpu")])
+def test_auto_device_picks_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, auto):
+    """Apple silicon's MPS is taken when there is no CUDA (never run on a Mac by the project:
+    the availability checks are mocked)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device("auto") == torch.device(auto)
+    assert pick_device("cpu") == torch.device("cpu")
+    assert load_config(["train.device=mps"]).train.device == "mps"
+    for name, there in (("cuda", cuda), ("mps", mps)):
+        if there:
+            assert pick_device(name) == torch.device(name)
+        else:
+            with pytest.raises(ConfigError, match=f"train.device: {name}, but no"):
+                pick_device(name)
+
+
+def test_float64_work_stays_on_its_device_off_mps():
+    values = torch.arange(3, dtype=torch.float32)
+    wide = float64(values)
+    assert wide.dtype == torch.float64 and wide.device == values.device
+    assert torch.equal(wide, values.double())

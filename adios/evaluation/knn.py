@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adios.evaluation.protocol import FeatureSet, LabelledFeatures
+from adios.perf import float64
 
 KNN_KS = (1, 5, 10, 20, 50, 100, 200)
 KNN_TEMPERATURES = (0.02, 0.05, 0.07, 0.1, 0.2, 0.5)
@@ -56,15 +57,15 @@ def weighted_vote(
     """Class scores (Q, num_classes): each of the first k neighbours votes exp(similarity / T).
 
     Weights and scores are float64 so that small temperatures cannot overflow (exp(1 / 0.01) is
-    beyond float32).
+    beyond float32); on the CPU for MPS tensors (:func:`adios.perf.float64`).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    weights = (similarity[:, :k].double() / temperature).exp()
+    weights = (float64(similarity[:, :k]) / temperature).exp()
     scores = torch.zeros(
-        similarity.shape[0], num_classes, dtype=torch.float64, device=similarity.device
+        similarity.shape[0], num_classes, dtype=torch.float64, device=weights.device
     )
-    return scores.scatter_add_(1, neighbour_labels[:, :k], weights)
+    return scores.scatter_add_(1, neighbour_labels[:, :k].to(weights.device), weights)
 
 
 @torch.no_grad()
@@ -132,12 +133,13 @@ def select_knn(
     """
     similarity, neighbour = nearest_neighbours(train.features, val.features, max(ks))
     neighbour_labels = train.labels.to(neighbour.device)[neighbour]
-    val_labels = val.labels.to(neighbour.device)
+    val_labels = val.labels
     grid = []
     for k in ks:
         for temperature in temperatures:
             scores = weighted_vote(similarity, neighbour_labels, num_classes, k, temperature)
-            top1 = (scores.argmax(dim=1) == val_labels).double().mean().item()
+            hits = scores.argmax(dim=1) == val_labels.to(scores.device)
+            top1 = hits.double().mean().item()
             grid.append({"k": k, "temperature": temperature, "val_top1": top1})
     best = max(grid, key=lambda row: row["val_top1"])  # max keeps the first of equal rows
     return KnnSelection(best["k"], best["temperature"], best["val_top1"], grid)

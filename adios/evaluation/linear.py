@@ -32,6 +32,7 @@ from adios.data.augment import BatchAugment, ViewConfig
 from adios.data.datasets import Dataset, InMemoryBatches, Split, to_device
 from adios.evaluation.features import extract_features
 from adios.evaluation.protocol import FeatureSet, LabelledFeatures, SealedLabels, labelled_only
+from adios.perf import float64
 
 WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 # The usual linear-evaluation augmentation (solo-learn, MoCo): crop and flip, no colour changes.
@@ -84,11 +85,11 @@ def fit_logistic(
     Returns (weight (C, D), bias (C,), L-BFGS iterations). ``init`` warm-starts from another
     solution, which only changes how fast the (strictly convex) problem converges. The fit runs
     in float64: in float32 L-BFGS stalls on rounding noise before it reaches the optimum (the
-    problem is small next to feature extraction, even on a GPU).
+    problem is small next to feature extraction, even on a GPU; on the CPU for MPS tensors).
     """
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    features = features.double()
+    features = float64(features)
     labels = labels.to(features.device, torch.long)
     if init is None:
         weight = features.new_zeros(num_classes, features.shape[1])
@@ -128,8 +129,9 @@ def fit_linear_probe(
     init: LinearProbe | None = None,
 ) -> LinearProbe:
     """Standardise with ``data``'s statistics, then :func:`fit_logistic`."""
-    mean, scale = standardisation(data.features.double())
-    standardised = (data.features.double() - mean) / scale
+    features = float64(data.features)
+    mean, scale = standardisation(features)
+    standardised = (features - mean) / scale
     start = None if init is None else (init.weight, init.bias)
     weight, bias, iterations = fit_logistic(
         standardised, data.labels, num_classes, weight_decay, max_iter, init=start

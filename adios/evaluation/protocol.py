@@ -95,6 +95,7 @@ def classification_metrics(
             f"scores {tuple(scores.shape)} do not match {labels.shape[0]} labels "
             f"and {num_classes} classes"
         )
+    scores = scores.cpu()  # small; and MPS has no float64 for the rates below
     labels = labels.to(scores.device, torch.long)
     predictions = scores.argmax(dim=1)
     confusion = confusion_matrix(predictions, labels, num_classes)

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from adios.objectives.losses import nt_xent
 from adios.objectives.mae import MAE, hidden_patches
+from adios.perf import float64
 
 TOKEN_MODES = ("token-random", "token-adios")
 TOKEN_OBJECTIVES = ("simclr", "mae")
@@ -59,11 +60,12 @@ def keep_count(num_patches: int, keep_ratio: float) -> int:
 def gumbel_top_k(scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
     """(B, L) scores -> (B, k) patch indices, an ordered Plackett-Luce sample without
     replacement (top-k of scores + Gumbel noise). The noise comes from the CPU ``generator``,
-    so a seed draws the same sets on every device."""
+    so a seed draws the same sets on every device; in float64, on the CPU for MPS scores."""
     uniform = torch.rand(scores.shape, generator=generator, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(uniform.clamp(UNIFORM_EPS, 1 - 1e-7)))
-    perturbed = scores.detach().double() + gumbel.to(scores.device)
-    return perturbed.topk(k, dim=1).indices
+    perturbed = float64(scores.detach())
+    perturbed = perturbed + gumbel.to(perturbed.device)
+    return perturbed.topk(k, dim=1).indices.to(scores.device)
 
 
 def plackett_luce_log_prob(scores: Tensor, order: Tensor) -> Tensor:
