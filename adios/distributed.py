@@ -22,7 +22,8 @@ changes anything. What each piece does:
   statistics). Without it each process normalises its own slice, which changes the function when
   slices are small.
 - **Files.** Process 0 alone writes the run directory, the metrics, pictures, checkpoints and
-  the summary; the others read the checkpoint to resume.
+  the summary; every process reads the checkpoint to resume (across machines: a shared file
+  system).
 """
 
 from __future__ import annotations
