@@ -140,6 +140,9 @@ def _child(argv: list[str], env: dict[str, str], log: str) -> None:
     sys.exit(main(argv))
 
 
+# the time limit by SIGALRM, not by pytest-timeout's timer thread: no thread beside the main one
+# may exist when the test forks (below)
+@pytest.mark.timeout(method="signal")
 def test_kill_9_at_random_moments_then_resume_ends_bit_identical(tmp_path, monkeypatch, capsys):
     """Issue 9's fault injection: SIGKILL at 20 moments of a run (half at random times, half
     inside a checkpoint or export write: after the temporary is written, after its fsync, after

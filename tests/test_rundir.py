@@ -222,6 +222,7 @@ def test_6_every_bad_value_fails_before_the_run_directory_exists(tmp_path, capsy
 # ----------------------------------------------------------------------------- 8. interrupts
 
 
+@pytest.mark.timeout(method="signal")  # signals in a process with one thread, as in a real run
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_8_interrupts_say_which_checkpoint_is_intact_and_rerun_without_overwrite(
         tmp_path, monkeypatch, capsys, signum):
