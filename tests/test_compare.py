@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from adios import compare
@@ -167,6 +168,15 @@ def test_interrupted_grid_reruns_only_unfinished_cells_and_writes_tables(tmp_pat
     (none1.run_dir(grid) / "eval_knn.json").unlink()
     with pytest.raises(RunDirError, match="another configuration"):
         run_grid(changed, say=lambda msg: None)
+
+    # a cell of an older adios: its config.yaml lacks a key added since, whose default is what
+    # that adios did; it is the same configuration, and is evaluated
+    saved = none1.run_dir(grid) / "config.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["data"]["drop_last"]
+    saved.write_text(yaml.safe_dump(older))
+    run_grid(grid, say=lambda msg: None)
+    assert (none1.run_dir(grid) / "eval_knn.json").is_file()
 
 
 def test_token_modes_are_grid_schemes_with_a_hidden_patch_table(tmp_path):

@@ -21,7 +21,7 @@ from adios.compare.grid import (
     cells,
 )
 from adios.compare.tables import cell_results, machine, write_tables
-from adios.config import read_yaml, to_dict
+from adios.config import Config, build, read_yaml, to_dict
 from adios.rundir import RunDirBusy, holder_pid
 from adios.runlog import read_metrics, trained_so_far
 
@@ -98,7 +98,8 @@ def run_cell(grid: Grid, cell: Cell, extra: Sequence[str], say: Callable[[str], 
     cfg = resolve_auto(cfg, pick_device(cfg.train.device))
     saved_path = run_dir / "config.yaml"
     if state in ("resume", "evaluate") and saved_path.is_file():
-        saved = read_yaml(saved_path, "config.yaml")
+        # through the config's defaults: a key added since the cell ran compares as its default
+        saved = to_dict(build(Config, read_yaml(saved_path, "config.yaml"), "config.yaml"))
         if _comparable(saved) != _comparable(to_dict(cfg)):
             raise RunDirError(
                 f"{run_dir} was made with another configuration than the grid now "
