@@ -82,7 +82,7 @@ def cpu_flags() -> set[str]:
 
 def cpu_has_native_bf16(flags: set[str], env: dict[str, str] | None = None) -> bool:
     """AMX-BF16 or AVX512-BF16, unless oneDNN is capped below them. Without them bf16 autocast
-    is emulated and far slower than fp32 (AVX2: 5-10x, BENCHMARKS.md), not faster."""
+    is emulated and far slower than fp32 (AVX2: 5-10x, docs/scaling.md), not faster."""
     cap = (os.environ if env is None else env).get("ONEDNN_MAX_CPU_ISA", "").upper()
     return bool(flags & {"amx_bf16", "avx512_bf16"}) and cap not in _NO_BF16_ISAS
 
@@ -91,7 +91,7 @@ def resolve_auto(cfg: Config, device: torch.device, flags: set[str] | None = Non
                  env: dict[str, str] | None = None) -> Config:
     """``cfg`` with ``train.precision`` and ``train.channels_last`` of ``auto`` made concrete
     for ``device``: bf16 where it is native, NHWC for a ResNet (faster in fp32 and bf16 on the
-    CPUs measured, BENCHMARKS.md; cuDNN's tensor cores want it)."""
+    CPUs measured, docs/scaling.md; cuDNN's tensor cores want it)."""
     train = cfg.train
     precision, layout = train.precision, train.channels_last
     if precision == "auto":
