@@ -62,6 +62,7 @@ from adios.perf import (
     optimizer_step,
     pick_device,
     synchronize,
+    upload,
     use_channels_last,
 )
 
@@ -200,12 +201,13 @@ def draw_indices(masks: DrawnMasks, generator: torch.Generator, shared: bool = F
     """ADIOS-s: a mask index per image of each view, from the step's generator; ``shared``
     (``masking.shared_view_index``): view a takes view b's indices."""
     n_masks, device = masks.b.shape[1], masks.b.device
-    masks.index_b = torch.randint(n_masks, (masks.b.shape[0],), generator=generator).to(device)
+    masks.index_b = upload(torch.randint(n_masks, (masks.b.shape[0],), generator=generator),
+                           device)
     if shared:
         masks.index_a = masks.index_b
         return
     batch_a = masks.a.shape[0] if masks.a is not None else masks.b.shape[0]
-    masks.index_a = torch.randint(n_masks, (batch_a,), generator=generator).to(device)
+    masks.index_a = upload(torch.randint(n_masks, (batch_a,), generator=generator), device)
 
 
 def _masker(models: Models) -> Callable[[Tensor], Tensor]:
@@ -235,9 +237,10 @@ def _entropy(cfg: Config, masks: DrawnMasks) -> Tensor | float:
 
 def _encoder_loss(cfg: Config, models: Models, a: Tensor, b: Tensor, labels: Tensor | None,
                   masks: DrawnMasks, seen: Callable[[Tensor | None], Tensor | None],
-                  schedule: str) -> tuple[Tensor, dict[str, float]]:
+                  schedule: str) -> tuple[Tensor, dict[str, Any]]:
     """The encoder's objective (SSL loss + the online probe on detached features), the masks
-    passed through ``seen`` (detached, or gradient-reversed for the single pass)."""
+    passed through ``seen`` (detached, or gradient-reversed for the single pass). Its
+    statistics stay tensors: :func:`read_stats` reads them, once per step."""
     objective, replicas = models.objective, models.replicas
     encode = replicas.encoder if replicas else objective.forward_views
     masked_stats = cfg.train.bn_stats == "mixed"
@@ -250,9 +253,9 @@ def _encoder_loss(cfg: Config, models: Models, a: Tensor, b: Tensor, labels: Ten
                                    masks_a=seen(masks.a), index_b=masks.index_b,
                                    index_a=masks.index_a, schedule=schedule, encode=encode,
                                    masked_stats=masked_stats)
-    stats = {"loss": loss.item()}
+    stats: dict[str, Any] = {"loss": loss.detach()}
     if masks.fixed:
-        stats["mask_sizes"] = mask_sizes(masks.b).mean(0).tolist()
+        stats["mask_sizes"] = mask_sizes(masks.b).mean(0)
     features, targets = out_a["h"], labels
     if cfg.train.probe_views == "both" and models.probe is not None and labels is not None:
         with torch.no_grad():  # both views re-encoded unmasked, as the reference; one probe
@@ -272,15 +275,15 @@ def _probe_loss(models: Models, features: Tensor, labels: Tensor | None,
     logits = classify(features.detach())
     known = (labels >= 0).sum().clamp_min(1)  # unlabelled images (STL-10) carry label -1
     probe_loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / known
-    stats["probe_loss"] = probe_loss.item()
-    stats["probe_acc"] = ((logits.argmax(1) == labels).sum() / known).item()
+    stats["probe_loss"] = probe_loss.detach()
+    stats["probe_acc"] = (logits.argmax(1) == labels).sum() / known
     return probe_loss
 
 
 def encoder_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optimizer, a: Tensor,
                  b: Tensor, labels: Tensor | None, masks: DrawnMasks,
                  amp: AbstractContextManager,
-                 scaler: torch.amp.GradScaler | None) -> dict[str, float]:
+                 scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
     """Masks fixed: the encoder (and the probe) minimise the SSL loss."""
     schedule = cfg.masking.schedule
     with amp:
@@ -311,9 +314,9 @@ def masker_step(cfg: Config, models: Models, masker_opt: torch.optim.Optimizer, 
     masker_opt.zero_grad(set_to_none=True)
     backward(-(adv_loss - cfg.masking.alpha_sparsity * penalty + entropy), scaler)
     optimizer_step(masker_opt, scaler)
-    return {"adv_loss": adv_loss.item(), "penalty": float(penalty.detach()),
-            "entropy_term": float(entropy.detach() if isinstance(entropy, Tensor) else entropy),
-            "mask_sizes": mask_sizes(masks.b.detach().float()).mean(0).tolist()}
+    return {"adv_loss": adv_loss.detach(), "penalty": penalty.detach(),
+            "entropy_term": _detach_stat(entropy),
+            "mask_sizes": mask_sizes(masks.b.detach().float()).mean(0)}
 
 
 def single_pass_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optimizer,
@@ -334,9 +337,9 @@ def single_pass_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optim
     optimizer_step(encoder_opt, scaler)
     if masker_opt is not None:
         optimizer_step(masker_opt, scaler)
-    stats.update(adv_loss=stats["loss"], penalty=float(penalty.detach()),
-                 entropy_term=float(entropy.detach() if isinstance(entropy, Tensor) else entropy),
-                 mask_sizes=mask_sizes(masks.b.detach().float()).mean(0).tolist())
+    stats.update(adv_loss=stats["loss"], penalty=penalty.detach(),
+                 entropy_term=_detach_stat(entropy),
+                 mask_sizes=mask_sizes(masks.b.detach().float()).mean(0))
     return stats
 
 
@@ -382,7 +385,29 @@ def train_step(
             stats.update(masker_step(cfg, models, masker_opt, a, b, masks, amp, scaler))
     if scaler is not None:
         scaler.update()
-    return stats
+    return read_stats(stats)
+
+
+def _detach_stat(value: Tensor | float) -> Tensor | float:
+    return value.detach() if isinstance(value, Tensor) else float(value)
+
+
+def read_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """A step's statistics as Python numbers (0-d tensors to floats, 1-d to lists), read in
+    one device-to-host copy. Each ``.item()`` makes the host wait for the GPU, so a step reads
+    them all once, at its end, after its backward passes are queued."""
+    keys = [k for k, v in stats.items() if isinstance(v, Tensor)]
+    if not keys:
+        return stats
+    parts = [stats[k].detach().reshape(-1) for k in keys]
+    dtype = torch.float32 if parts[0].device.type == "mps" else torch.float64  # no MPS float64
+    values = torch.cat([p.to(dtype) for p in parts]).tolist()
+    out, start = dict(stats), 0
+    for key, part in zip(keys, parts, strict=True):
+        chunk = values[start:start + part.numel()]
+        out[key] = chunk if stats[key].dim() else chunk[0]
+        start += part.numel()
+    return out
 
 
 # ----------------------------------------------------------------------------- token modes
@@ -419,7 +444,7 @@ def token_encoder_step(cfg: Config, models: Models, encoder_opt: torch.optim.Opt
     with amp:
         per_image, features = token_losses(models.objective, a, b, tokens.keep)
         loss = per_image.float().mean()
-        stats = {"loss": loss.item(), "kept_tokens": float(tokens.keep.shape[1])}
+        stats = {"loss": loss.detach(), "kept_tokens": float(tokens.keep.shape[1])}
         total = loss + _probe_loss(models, features, labels, stats)
     encoder_opt.zero_grad(set_to_none=True)
     backward(total, scaler)
@@ -442,7 +467,7 @@ def token_masker_step(cfg: Config, models: Models, masker_opt: torch.optim.Optim
     masker_opt.zero_grad(set_to_none=True)
     backward(loss, scaler)
     optimizer_step(masker_opt, scaler)
-    return {"adv_loss": rewards.float().mean().item(), "diversity_kl": penalty.item()}
+    return {"adv_loss": rewards.float().mean(), "diversity_kl": penalty.detach()}
 
 
 def token_train_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optimizer,
@@ -463,7 +488,7 @@ def token_train_step(cfg: Config, models: Models, encoder_opt: torch.optim.Optim
                                        scaler))
     if scaler is not None:
         scaler.update()
-    return stats
+    return read_stats(stats)
 
 
 # ----------------------------------------------------------------------------- the loop's parts
@@ -644,6 +669,7 @@ __all__ = [
     "iteration",
     "iterations",
     "masker_step",
+    "read_stats",
     "setup",
     "single_pass_step",
     "timed",

@@ -252,6 +252,15 @@ class MemoryWindow:
         return _status_mb("VmHWM") - self.start_mb
 
 
+def upload(tensor: Tensor, device: torch.device | str) -> Tensor:
+    """A host tensor on ``device`` without stalling the host: to CUDA through pinned memory,
+    queued behind the step's work (a copy from pageable memory waits for the GPU first)."""
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued GPU work, so that wall-clock timings cover it."""
     if device.type == "cuda":

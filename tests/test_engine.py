@@ -6,6 +6,7 @@ import copy
 import itertools
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -288,3 +289,91 @@ def test_deterministic_option_is_applied_and_two_runs_end_equal(monkeypatch):
         backends.cuda.matmul.allow_tf32 = saved[4]
     for key, value in weights[0].items():
         assert torch.equal(value, weights[1][key]), key
+
+
+# ----------------------------------------------------------------------------- item 4: host reads
+
+_READS = ("item", "tolist", "__float__", "__int__", "__bool__")
+
+
+def _count_host_reads(monkeypatch) -> list[str]:
+    """Every .item()/.tolist()/float()/int()/bool() of a tensor that adios code makes: on a GPU
+    each waits for the device (counted on CPU tensors, where they cost nothing)."""
+    root = os.path.dirname(engine.__file__)
+    reads: list[str] = []
+    for name in _READS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, _name=name, **kwargs):
+            caller = sys._getframe(1).f_code
+            if caller.co_filename.startswith(root):
+                reads.append(f"{os.path.basename(caller.co_filename)}:{caller.co_name}:{_name}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    return reads
+
+
+def _token_models(mode: str):
+    from adios.models.token_masker import TokenMasker
+    from adios.models.vit import ViTBackbone
+    from adios.objectives.simclr import SimCLR
+
+    cfg = load_config(["preset=shapes-paper", "model.backbone=vit_tiny", "train.device=cpu",
+                       f"masking.mode={mode}"])
+    torch.manual_seed(0)
+    backbone = ViTBackbone(32, 8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32)
+    masker = TokenMasker(32, 8, dim=16, heads=2) if mode == "token-adios" else None
+    return cfg, engine.Models(SimCLR(backbone, proj_hidden=16, proj_out=8, temperature=0.2),
+                              masker, torch.nn.Linear(16, 3))
+
+
+@pytest.mark.parametrize("overrides", [
+    ("masking.mode=none",), ("masking.mode=adios",), ("masking.mode=adios-s",),
+    ("masking.mode=adios", "masking.schedule=single-pass"),
+    ("masking.mode=adios", "masking.schedule=reference"),
+    ("masking.mode=adios", "train.probe_views=both", "train.bn_stats=mixed"),
+    ("masking.mode=mae",), ("masking.mode=beit",), ("masking.mode=rectangles",),
+    ("masking.mode=token-random",), ("masking.mode=token-adios",),
+])
+def test_item4_a_step_reads_its_statistics_from_the_device_once(monkeypatch, overrides):
+    """One host read per step, after both players' backward passes are queued: read_stats'
+    batched .tolist() (issue 25, item 4). BEiT's seed read is of a CPU generator's draw."""
+    mode = overrides[0].split("=")[1]
+    if mode.startswith("token"):
+        cfg, models = _token_models(mode)
+    else:
+        cfg, models = tiny(*overrides)
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    a, b, labels = batch()
+    reads = _count_host_reads(monkeypatch)
+    stats = train_step(cfg, models, encoder_opt, masker_opt, a, b, labels,
+                       torch.Generator().manual_seed(0))
+    host_only = ["schemes.py:__call__:__int__"] if mode == "beit" else []
+    assert reads == [*host_only, "engine.py:read_stats:tolist"]
+    assert all(isinstance(v, float | list) for v in stats.values()), stats
+    assert math.isfinite(stats["loss"]) and stats["probe_acc"] <= 1.0
+
+
+def test_item4_read_stats_keeps_names_shapes_and_values():
+    stats = {"loss": torch.tensor(1.5, dtype=torch.float64), "sizes": torch.tensor([0.25, 0.5]),
+             "kept": 3.0, "acc": torch.tensor(2) / torch.tensor(3)}
+    assert engine.read_stats(stats) == {"loss": 1.5, "sizes": [0.25, 0.5], "kept": 3.0,
+                                        "acc": (torch.tensor(2) / torch.tensor(3)).item()}
+
+
+def test_item4_index_copies_to_cuda_are_queued_from_pinned_memory(monkeypatch):
+    """A copy from pageable memory makes the host wait for the GPU; pinned + non_blocking
+    queues it (mocked: this machine has no CUDA)."""
+    from adios.perf import upload
+
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory",
+                        lambda self: calls.append("pin") or self)
+    monkeypatch.setattr(torch.Tensor, "to",
+                        lambda self, *args, **kwargs: calls.append((args, kwargs)) or self)
+    upload(torch.arange(3), torch.device("cuda"))
+    assert calls == ["pin", ((torch.device("cuda"),), {"non_blocking": True})]
+    calls.clear()
+    upload(torch.arange(3), torch.device("cpu"))
+    assert calls == [((torch.device("cpu"),), {})]

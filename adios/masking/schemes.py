@@ -46,6 +46,7 @@ from torch import Tensor
 
 from adios.data.augment import TwoViewAugment, ViewParams, resized_crop, transfer_params
 from adios.masking.tokens import TOKEN_MODES
+from adios.perf import upload
 
 if TYPE_CHECKING:
     from adios.config import MaskingConfig
@@ -114,7 +115,7 @@ class RandomPatches(MaskScheme):
         cells = self.grid**2
         hidden = round(self.ratio * cells)
         ranks = torch.rand(batch, cells, generator=generator).argsort(dim=1).argsort(dim=1)
-        grid = (ranks < hidden).float().view(batch, 1, self.grid, self.grid).to(device)
+        grid = upload((ranks < hidden).float().view(batch, 1, self.grid, self.grid), device)
         return F.interpolate(grid, size=(self.image_size, self.image_size), mode="nearest")
 
 
@@ -169,7 +170,7 @@ class Blockwise(MaskScheme):
         seed = int(torch.randint(2**62, (1,), generator=generator))
         rng = np.random.default_rng(seed)
         masks = np.stack([self.blocks(rng)[0] for _ in range(batch)])
-        return torch.from_numpy(masks).to(device).unsqueeze(1).float()
+        return upload(torch.from_numpy(masks), device).unsqueeze(1).float()
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ class Rectangles(MaskScheme):
         offsets = torch.rand(batch, 2, dtype=torch.float64, generator=generator)
         top = (offsets[:, 0] * (size - height + 1)).floor()
         left = (offsets[:, 1] * (size - width + 1)).floor()
-        box = torch.stack([top, left, height, width], dim=1).long().to(device)
+        box = upload(torch.stack([top, left, height, width], dim=1).long(), device)
         pixels = torch.arange(size, device=device)
         rows = (pixels >= box[:, :1]) & (pixels < box[:, :1] + box[:, 2:3])
         cols = (pixels >= box[:, 1:2]) & (pixels < box[:, 1:2] + box[:, 3:4])
@@ -217,7 +218,7 @@ class ObjectMasks(MaskScheme):
             raise ValueError("the oracle needs the view's object layers (object_layers)")
         count = objects.shape[1]
         visible = objects.flatten(2).amax(dim=2) > 0.5  # the object owns at least one pixel
-        scores = torch.rand(batch, count, generator=generator).to(objects.device)
+        scores = upload(torch.rand(batch, count, generator=generator), objects.device)
         if count == 0:
             masks = objects.new_zeros(batch, 1, *objects.shape[2:])
         else:
@@ -228,7 +229,7 @@ class ObjectMasks(MaskScheme):
             masks = bounding_boxes(masks)
         masks = grow(masks, self.margin)
         if self.shuffle:
-            masks = masks[derangement(batch, generator).to(masks.device)]
+            masks = masks[upload(derangement(batch, generator), masks.device)]
         return masks.to(device)
 
 

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from adios.objectives.losses import nt_xent
 from adios.objectives.mae import MAE, hidden_patches
-from adios.perf import float64
+from adios.perf import float64, upload
 
 TOKEN_MODES = ("token-random", "token-adios")
 TOKEN_OBJECTIVES = ("simclr", "mae")
@@ -64,8 +64,8 @@ def gumbel_top_k(scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
     uniform = torch.rand(scores.shape, generator=generator, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(uniform.clamp(UNIFORM_EPS, 1 - 1e-7)))
     perturbed = float64(scores.detach())
-    perturbed = perturbed + gumbel.to(perturbed.device)
-    return perturbed.topk(k, dim=1).indices.to(scores.device)
+    perturbed = perturbed + upload(gumbel, perturbed.device)
+    return upload(perturbed.topk(k, dim=1).indices, scores.device)
 
 
 def plackett_luce_log_prob(scores: Tensor, order: Tensor) -> Tensor:
