@@ -104,6 +104,10 @@ class ModelConfig:
     # cifar-reference: the reference code's 32 px stem, 3x3 conv with padding 2 (34x34 maps) and
     # PyTorch's default init (docs/fidelity.md); cifar: padding 1, kaiming init
     stem: Literal["auto", "cifar", "cifar-reference", "imagenet"] = "auto"
+    # ViTs only. timm: the reference's timm ViT initialisation (truncated normal 0.02 for every
+    # Linear and the embeddings, PyTorch's default for the patch conv; docs/fidelity.md), on in
+    # the ViT paper presets; torchvision: torchvision's own
+    vit_init: Literal["torchvision", "timm"] = "torchvision"
 
     def __post_init__(self) -> None:
         _check(self.width >= 1, "width", "must be a positive integer")
@@ -349,6 +353,8 @@ class Config:
         tokens = self.masking.mode.startswith("token-")
         _check(not tokens or self.model.backbone.startswith("vit"), "masking.mode",
                "token modes drop patch tokens, which needs model.backbone=vit_tiny or vit_small")
+        _check(self.model.vit_init == "torchvision" or self.model.backbone.startswith("vit"),
+               "model.vit_init", "initialises a ViT: needs model.backbone=vit_tiny or vit_small")
         _check(not tokens or self.objective.name in ("simclr", "mae"), "masking.mode",
                "token modes support objective.name=simclr or mae")
         _check(tokens or self.objective.name != "mae", "objective.name",

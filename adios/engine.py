@@ -97,7 +97,8 @@ def build_models(cfg: Config, num_classes: int | None, device: torch.device) -> 
 
 def _build_models(cfg: Config, num_classes: int | None, device: torch.device) -> Models:
     backbone = build_backbone(
-        cfg.model.backbone, cfg.data.image_size, width=cfg.model.width, stem=cfg.model.stem
+        cfg.model.backbone, cfg.data.image_size, width=cfg.model.width, stem=cfg.model.stem,
+        vit_init=cfg.model.vit_init,
     )
     kwargs = {"temperature": cfg.objective.temperature} if cfg.objective.name == "simclr" else {}
     if cfg.objective.name == "mae":

@@ -265,6 +265,8 @@ def reference_values(preset: str) -> dict[str, Any]:
         })
     if args["encoder"] == "resnet18":
         ours["model.stem"] = "imagenet"  # the CIFAR stem only for cifar10/cifar100
+    else:  # timm's vit_tiny_patch16_224 (src/utils/backbones.py), timm's own weight init
+        ours["model.vit_init"] = "timm"
     if objective == "simclr":
         ours["objective.temperature"] = args["temperature"]
     if objective in ("byol", "simsiam"):
