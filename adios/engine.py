@@ -29,7 +29,14 @@ from torch import Tensor, nn
 
 from adios.config import Config
 from adios.data.augment import TwoViewAugment
-from adios.data.datasets import Dataset, Split, load_dataset, to_device, training_batches
+from adios.data.datasets import (
+    Dataset,
+    Split,
+    data_device,
+    load_dataset,
+    to_device,
+    training_batches,
+)
 from adios.distributed import DistEnv, Replicas, process_generator, shard
 from adios.errors import ConfigError, NonFiniteError
 from adios.masking.adios import (
@@ -567,7 +574,7 @@ class Setup:
     device: torch.device
     env: DistEnv
     dataset: Dataset
-    train_split: Split  # on the device
+    train_split: Split  # on the device, or the host above its budget (data_device)
     val_split: Split
     augment: TwoViewAugment
     batches: Any  # the batch source (this process's shard under torchrun)
@@ -594,14 +601,15 @@ def setup(cfg: Config, device: torch.device | None = None, env: DistEnv | None =
     device = pick_device(cfg.train.device) if device is None else device
     env = DistEnv() if env is None else env
     dataset = load_dataset(cfg.data, bank_size=cfg.train.knn_bank, progress=progress)
-    train_split, val_split = to_device(dataset.train, device), to_device(dataset.val, device)
+    resident = data_device(dataset, device)  # the host above a share of the GPU's memory
+    train_split, val_split = to_device(dataset.train, resident), to_device(dataset.val, resident)
     augment = TwoViewAugment(cfg.augment.view_a, cfg.augment.view_b, cfg.data.image_size,
                              dataset.mean, dataset.std)
     labelled = train_split.labels is not None
     oracle = getattr(fixed_scheme(cfg.masking, cfg.data.image_size), "needs_objects", False)
     batches = shard(training_batches(dataset, train_split, cfg.optim.batch_size,
                                      cfg.data.workers, instances=oracle,
-                                     drop_last=cfg.data.drop_last), env)
+                                     drop_last=cfg.data.drop_last, device=device), env)
     trainer = build_trainer(cfg, dataset.num_classes if labelled else None, device, len(batches))
     return Setup(cfg, device, env, dataset, train_split, val_split, augment, batches, trainer)
 

@@ -46,8 +46,10 @@ from adios.data.readers import (
 )
 from adios.data.scenes import generate_scenes
 from adios.data.streaming import StreamingBatches, steps_per_epoch
+from adios.perf import upload
 
 SCENE_COUNTS = (4096, 1024, 1024)  # train, val, test scenes when data.num_* is null
+DEVICE_DATA_SHARE = 0.25  # of a GPU's memory, at most, for the in-memory splits it holds
 VAL_FRACTION = 0.1  # of the labelled training images, when data.num_val is null
 
 
@@ -257,28 +259,56 @@ def knn_bank(split: Split, size: int) -> Split:
     return split.subset((split.labels != UNLABELED).nonzero().squeeze(1)[:size])
 
 
+def device_memory_bytes(device: torch.device) -> int | None:
+    """A GPU's memory; None on the CPU, where in-memory data already is."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "mps":
+        return torch.mps.recommended_max_memory()
+    return None
+
+
+def split_bytes(*splits: Split | None) -> int:
+    return sum(t.nbytes for split in splits if split is not None
+               for t in (split.images, split.labels, split.instances) if t is not None)
+
+
+def data_device(dataset: Dataset, device: torch.device) -> torch.device:
+    """Where the in-memory splits live: on ``device`` when train, val (and whole images)
+    together take at most ``DEVICE_DATA_SHARE`` of its memory, else on the host, each batch
+    copied as it is drawn. Host memory allows up to ``data.memory_limit_mb`` (4 GB by
+    default), which on a small GPU, once per torchrun process, leaves the models no room."""
+    total = device_memory_bytes(device)
+    held = split_bytes(dataset.train, dataset.val, dataset.train_whole)
+    return device if total is None or held <= DEVICE_DATA_SHARE * total else torch.device("cpu")
+
+
 def training_batches(dataset: Dataset, train_split: Split, batch_size: int,
                      workers: int | None = None, instances: bool = False,
-                     drop_last: bool = False) -> InMemoryBatches | StreamingBatches:
+                     drop_last: bool = False,
+                     device: torch.device | None = None) -> InMemoryBatches | StreamingBatches:
     """The training loop's batch source: the in-memory split, or the streamed files.
 
     ``instances``: batches also carry the instance maps (the oracle masking scheme needs them).
     ``drop_last``: no partial last batch (``data.drop_last``).
     Whole-image sources (``data.load_size``) have ``has_extents``: each batch ends with the CPU
     (B, 2) extents for :class:`adios.data.augment.TwoViewAugment`.
+    ``device``: where batches are trained on (default: the split's); a split left on the host
+    (:func:`data_device`) has each batch copied there.
     """
+    device = train_split.images.device if device is None else device
     if instances and (dataset.train_files is not None or train_split.instances is None):
         raise DataError("this dataset has no instance maps (ground-truth object masks); "
                         "the built-in scenes (data.name=shapes) do")
     if dataset.train_files is not None:
         size = dataset.load_size or train_split.images.shape[-1]
-        return StreamingBatches(dataset.train_files, batch_size, size, train_split.images.device,
+        return StreamingBatches(dataset.train_files, batch_size, size, device,
                                 workers, whole=dataset.load_size is not None,
                                 drop_last=drop_last)
     if dataset.train_whole is not None:
         return InMemoryBatches(to_device(dataset.train_whole, train_split.images.device),
-                               batch_size, drop_last=drop_last)
-    return InMemoryBatches(train_split, batch_size, instances, drop_last=drop_last)
+                               batch_size, drop_last=drop_last, device=device)
+    return InMemoryBatches(train_split, batch_size, instances, drop_last=drop_last, device=device)
 
 
 class InMemoryBatches:
@@ -286,12 +316,14 @@ class InMemoryBatches:
 
     The training loop only needs ``len()`` (steps per epoch) and ``epoch(generator)``, so a
     streaming source for datasets too large for memory can stand in for this class. With
-    ``instances`` a batch is (images, labels, instance maps).
+    ``instances`` a batch is (images, labels, instance maps). ``device``: where batches go
+    (default: the split's); a host split's batches are copied there one at a time.
     """
 
     def __init__(self, split: Split, batch_size: int, instances: bool = False,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, device: torch.device | None = None) -> None:
         self.split = split
+        self.device = split.images.device if device is None else torch.device(device)
         self.instances = instances
         self.has_extents = split.extents is not None
         self.batch_size = min(batch_size, len(split))
@@ -306,13 +338,17 @@ class InMemoryBatches:
         for i in range(self.steps):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             labels = None if self.split.labels is None else self.split.labels[index]
+            batch = (self.split.images[index], labels,
+                     self.split.instances[index] if self.instances else None)
+            images, labels, instances = (None if t is None else upload(t, self.device)
+                                         for t in batch)
             if self.instances:
-                yield self.split.images[index], labels, self.split.instances[index]
+                yield images, labels, instances
             elif self.has_extents:
                 rows = order_cpu[i * self.batch_size : (i + 1) * self.batch_size]
-                yield self.split.images[index], labels, self.split.extents[rows]
+                yield images, labels, self.split.extents[rows]
             else:
-                yield self.split.images[index], labels
+                yield images, labels
 
 
 def to_device(split: Split, device: torch.device) -> Split:

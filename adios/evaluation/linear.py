@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from adios.data.augment import BatchAugment, ViewConfig
-from adios.data.datasets import Dataset, InMemoryBatches, Split, to_device
+from adios.data.datasets import Dataset, InMemoryBatches, Split
 from adios.evaluation.features import extract_features
 from adios.evaluation.protocol import FeatureSet, LabelledFeatures, SealedLabels, labelled_only
 from adios.perf import float64
@@ -218,19 +218,18 @@ def train_linear_probe(
     """
     if split.labels is None:
         raise ValueError("the probe's training split has no labels")
-    split = to_device(split, device)
-    backbone.eval()
+    backbone.eval()  # the images stay on the host, copied a batch at a time (ImageNet: 19 GB)
     image_size = split.images.shape[-1]
     augment = BatchAugment(PROBE_VIEW, image_size, mean, std)
     probe = nn.Linear(backbone.out_dim, num_classes).to(device)
     optimizer = torch.optim.SGD(probe.parameters(), lr=lr, momentum=momentum, weight_decay=0.0)
     milestones = sorted({round(0.6 * epochs), round(0.8 * epochs)})
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
-    batches = InMemoryBatches(split, batch_size)
+    batches = InMemoryBatches(split, batch_size, device=device)
     generator = torch.Generator().manual_seed(seed)
     history = []
     for epoch in tqdm(range(epochs), desc="linear probe", disable=not progress):
-        total_loss = correct = seen = 0.0
+        losses, hits, sizes = [], [], []  # read once an epoch, not at every batch
         for images, labels in batches.epoch(generator):
             with torch.no_grad():
                 features = backbone(augment(images, generator))
@@ -239,9 +238,12 @@ def train_linear_probe(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
+            losses.append(loss.detach().float())
+            hits.append((logits.argmax(1) == labels).sum().float())
+            sizes.append(len(labels))
+        loss_hits = torch.stack([torch.stack(losses), torch.stack(hits)]).cpu().double()
+        total_loss = float((loss_hits[0] * torch.tensor(sizes, dtype=torch.float64)).sum())
+        correct, seen = float(loss_hits[1].sum()), sum(sizes)
         history.append(
             {
                 "epoch": epoch + 1,

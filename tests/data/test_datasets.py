@@ -11,7 +11,13 @@ from PIL import Image
 
 from adios.config import load_config
 from adios.data.augment import TwoViewAugment, ViewConfig
-from adios.data.datasets import InMemoryBatches, load_dataset, training_batches
+from adios.data.datasets import (
+    Dataset,
+    InMemoryBatches,
+    Split,
+    load_dataset,
+    training_batches,
+)
 from adios.data.streaming import StreamingBatches
 
 WIDTH, HEIGHT, STRIPE = 500, 375, 40  # ImageNet's commonest size; a red stripe at the left edge
@@ -162,3 +168,27 @@ def test_evaluation_reads_every_split_at_image_size(folder, tmp_path):
     assert dataset.train_whole is None and dataset.train_files is None
     centred = load_dataset(data_config(folder))
     assert torch.equal(dataset.train.images, centred.train.images)
+
+
+def test_item6_in_memory_data_goes_to_a_gpu_only_within_its_share_of_memory(monkeypatch):
+    """train + val (+ whole images) take at most DEVICE_DATA_SHARE of a GPU's memory, else
+    they stay on the host and each batch is copied (issue 25, item 6; the device's memory
+    query and the copies are mocked: no GPU here)."""
+    import adios.data.datasets as datasets
+
+    split = Split(torch.zeros(10, 3, 8, 8, dtype=torch.uint8), torch.zeros(10, dtype=torch.int64))
+    dataset = Dataset(split, split, split, 2, ["a", "b"], (0.5,) * 3, (0.5,) * 3)
+    held = 2 * (10 * 3 * 8 * 8 + 10 * 8)  # train and val; test is never on the device
+    cuda = torch.device("cuda")
+    for memory, where in [(held / datasets.DEVICE_DATA_SHARE, cuda),
+                          (held / datasets.DEVICE_DATA_SHARE - 1, torch.device("cpu"))]:
+        monkeypatch.setattr(datasets, "device_memory_bytes", lambda device, m=memory: int(m))
+        assert datasets.data_device(dataset, cuda) == where
+    monkeypatch.setattr(datasets, "device_memory_bytes", lambda device: None)
+    assert datasets.data_device(dataset, torch.device("cpu")) == torch.device("cpu")
+    copies = []
+    monkeypatch.setattr(datasets, "upload",
+                        lambda t, device: copies.append((t.shape[0], device)) or t)
+    batches = training_batches(dataset, split, 4, device=cuda)
+    assert len(list(batches.epoch(torch.Generator().manual_seed(0)))) == 3
+    assert copies == [(4, cuda)] * 4 + [(2, cuda)] * 2  # images and labels, per batch

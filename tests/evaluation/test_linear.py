@@ -143,3 +143,23 @@ def test_standard_recipe_learns_and_steps_the_learning_rate_at_60_and_80_percent
     assert [round(row["lr"], 6) for row in history] == [0.1] * 6 + [0.01] * 2 + [0.001] * 2
     assert history[-1]["train_top1"] > 0.9 and history[-1]["loss"] < history[0]["loss"]
     assert probe.weight.shape == (3, 4)
+
+
+def test_item5_standard_probe_copies_images_to_the_device_a_batch_at_a_time(monkeypatch):
+    """The probe's images stay on the host and go to the device in batches, never whole
+    (ImageNet-100 at 224 px: 19 GB) (issue 25, item 5). Counted on CPU: every uint8 image
+    tensor moved with .to()."""
+    moved = []
+    original = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        if self.dtype == torch.uint8 and self.dim() == 4:
+            moved.append(self.shape[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (96, 3, 16, 16), generator=generator, dtype=torch.uint8)
+    train_linear_probe(ChannelMeans(), Split(images, torch.randint(0, 3, (96,))), 3,
+                       (0.5,) * 3, (0.25,) * 3, torch.device("cpu"), epochs=2, batch_size=32)
+    assert moved and max(moved) <= 32
