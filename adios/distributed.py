@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from adios.config import Config, ConfigError
+from adios.data.streaming import batch_share
 from adios.models.norm import sync_batch_norm
 from adios.objectives.base import SiameseObjective
 from adios.objectives.losses import NTXentLoss
@@ -118,6 +119,20 @@ def check_supported(cfg: Config, env: DistEnv) -> None:
             f"masking.mode: {cfg.masking.mode} does not run under torchrun yet (no DDP on the "
             f"token path); run it in one process"
         )
+
+
+def gather_lists(env: DistEnv) -> Callable[[list[Any]], list[list[Any]]] | None:
+    """Every process's list, in rank order (``load_dataset``'s share of the file check);
+    None in one process."""
+    if not env.enabled:
+        return None
+
+    def gather(items: list[Any]) -> list[list[Any]]:
+        every: list[Any] = [None] * env.world_size
+        dist.all_gather_object(every, items)
+        return every
+
+    return gather
 
 
 def from_main(env: DistEnv, make: Callable[[], T]) -> T:
@@ -218,6 +233,8 @@ class ShardedBatches:
 
     A global batch that does not split evenly (an epoch's last, partial one) loses its last
     ``size % W`` images; one that would leave a process fewer than 2 images is skipped.
+    A source with ``takes_share`` (in memory, streamed) reads, decodes and copies only this
+    process's part; another is sliced here.
     """
 
     def __init__(self, source: Any, env: DistEnv) -> None:
@@ -228,13 +245,14 @@ class ShardedBatches:
         return len(self.source)
 
     def epoch(self, generator: torch.Generator) -> Iterator[tuple[Any, ...]]:
-        rank, world = self.env.rank, self.env.world_size
+        share = (self.env.rank, self.env.world_size)
+        if getattr(self.source, "takes_share", False):
+            yield from self.source.epoch(generator, share)
+            return
         for batch in self.source.epoch(generator):
-            share = batch[0].shape[0] // world
-            if share < 2:
-                continue
-            part = slice(rank * share, (rank + 1) * share)
-            yield tuple(None if t is None else t[part] for t in batch)
+            part = batch_share(batch[0].shape[0], share)
+            if part is not None:
+                yield tuple(None if t is None else t[part] for t in batch)
 
 
 def shard(source: Any, env: DistEnv) -> Any:

@@ -37,7 +37,7 @@ from adios.data.datasets import (
     to_device,
     training_batches,
 )
-from adios.distributed import DistEnv, Replicas, process_generator, shard
+from adios.distributed import DistEnv, Replicas, gather_lists, process_generator, shard
 from adios.errors import ConfigError, NonFiniteError
 from adios.masking.adios import (
     frozen,
@@ -600,7 +600,8 @@ def setup(cfg: Config, device: torch.device | None = None, env: DistEnv | None =
     make_deterministic(cfg.train.deterministic)
     device = pick_device(cfg.train.device) if device is None else device
     env = DistEnv() if env is None else env
-    dataset = load_dataset(cfg.data, bank_size=cfg.train.knn_bank, progress=progress)
+    dataset = load_dataset(cfg.data, bank_size=cfg.train.knn_bank, progress=progress,
+                           share=(env.rank, env.world_size), gather=gather_lists(env))
     resident = data_device(dataset, device)  # the host above a share of the GPU's memory
     train_split, val_split = to_device(dataset.train, resident), to_device(dataset.val, resident)
     augment = TwoViewAugment(cfg.augment.view_a, cfg.augment.view_b, cfg.data.image_size,

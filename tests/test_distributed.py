@@ -234,5 +234,114 @@ def test_token_modes_under_torchrun_are_refused_before_the_run_directory(
     assert not run_dir.exists()
 
 
+def image_files(folder: Path):
+    from adios.data.readers import ImageFiles
+
+    paths = sorted(folder.glob("*.png"))
+    return ImageFiles(paths, torch.arange(len(paths)))  # label = file number
+
+
+def decode_worker(out_dir: Path, folder: Path) -> None:
+    """One streamed epoch of this process's shares, counting the files it decodes."""
+    import adios.data.streaming as streaming
+    from adios.distributed import setup
+
+    env, _ = setup(torch.device("cpu"))
+    decoded = []
+    load_image = streaming.load_image
+
+    def counting(path, *args, **kwargs):
+        decoded.append(path.name)
+        return load_image(path, *args, **kwargs)
+
+    streaming.load_image = counting
+    source = streaming.StreamingBatches(image_files(folder), 8, 8, "cpu", workers=0)
+    labels = [batch[1].tolist()
+              for batch in ShardedBatches(source, env).epoch(torch.Generator().manual_seed(0))]
+    checked, dataset = load_streamed(folder, env)
+    torch.save({"decoded": decoded, "labels": labels, "checked": checked,
+                "dataset": dataset}, out_dir / f"decodes{env.rank}.pt")
+
+
+def load_streamed(folder: Path, env: DistEnv) -> tuple[list[int], tuple]:
+    """A streamed folder loaded by this process: how many files each check decodes, and what
+    it yields (normalisation, files, kNN bank)."""
+    import adios.data.datasets as datasets
+    from adios.distributed import gather_lists
+
+    checked = []
+    inspect_files = datasets.inspect_files
+
+    def counting(paths, *args, **kwargs):
+        checked.append(len(paths))
+        return inspect_files(paths, *args, **kwargs)
+
+    datasets.inspect_files = counting
+    try:
+        cfg = load_config(["data.name=folder", f"data.path={folder}", "data.image_size=16",
+                           "data.loader=stream", "data.workers=0", "data.num_val=3",
+                           "data.num_test=3"])
+        data = datasets.load_dataset(cfg.data, bank_size=4, share=(env.rank, env.world_size),
+                                     gather=gather_lists(env))
+    finally:
+        datasets.inspect_files = inspect_files
+    return checked, (data.mean, data.std, [p.name for p in data.train_files.paths],
+                     data.train.images)
+
+
+def test_item1_each_process_decodes_only_its_share_of_every_batch(tmp_path):
+    """Two gloo processes stream 21 files in global batches of 8 (8, 8, 5): each decodes its 4,
+    4 and 2 images, 10 files, not all 21, and together they train on the batches one process
+    would (less the odd image of the last); the start-up check of a streamed folder is shared
+    the same way and gives both what one process finds (issue 25, item 1)."""
+    from PIL import Image
+
+    from adios.data.streaming import StreamingBatches
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(21):
+        Image.new("RGB", (10, 12), (i, 2 * i, 3 * i)).save(folder / f"{i:02d}.png")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", __file__, str(tmp_path), "decodes", str(folder)]
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get(
+        "PYTHONPATH")]))}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"decodes{r}.pt") for r in (0, 1)]
+    one = [batch[1].tolist() for batch in StreamingBatches(
+        image_files(folder), 8, 8, "cpu", workers=0).epoch(torch.Generator().manual_seed(0))]
+    assert [len(r["decoded"]) for r in ranks] == [10, 10]
+    # the start-up check of the 15 training files: the 4 of the kNN bank on each, the 11 others
+    # shared (6 + 5); val and test (3 each) on each process
+    checked, dataset = load_streamed(folder, DistEnv())
+    assert checked == [15, 3, 3] and [r["checked"] for r in ranks] == [[10, 3, 3], [9, 3, 3]]
+    for rank in ranks:
+        mean, std, files, bank = rank["dataset"]
+        assert (mean, std, files) == dataset[:3] and torch.equal(bank, dataset[3])
+    assert sorted(ranks[0]["decoded"] + ranks[1]["decoded"]) == sorted(
+        f"{i:02d}.png" for batch in one for i in batch[:len(batch) // 2 * 2])
+    for step, batch in enumerate(one):
+        half = len(batch) // 2
+        assert ranks[0]["labels"][step] == batch[:half]
+        assert ranks[1]["labels"][step] == batch[half:2 * half]
+
+
+def test_item1_in_memory_shares_are_the_global_batch_sliced():
+    from adios.data.datasets import InMemoryBatches, Split
+
+    split = Split(torch.zeros(21, 3, 4, 4, dtype=torch.uint8), torch.arange(21))
+    whole = [b[1].tolist() for b in InMemoryBatches(split, 8).epoch(
+        torch.Generator().manual_seed(0))]
+    shares = [[b[1].tolist() for b in ShardedBatches(InMemoryBatches(split, 8), DistEnv(r, 2))
+               .epoch(torch.Generator().manual_seed(0))] for r in (0, 1)]
+    assert [s0 + s1 for s0, s1 in zip(*shares, strict=True)] == [
+        b[:len(b) // 2 * 2] for b in whole]
+
+
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    if len(sys.argv) > 2 and sys.argv[2] == "decodes":
+        decode_worker(Path(sys.argv[1]), Path(sys.argv[3]))
+    else:
+        worker(Path(sys.argv[1]))

@@ -21,8 +21,10 @@ each whole image at the load size).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,6 +35,7 @@ from adios.data.readers import (
     UNLABELED,
     ArraySplit,
     DataError,
+    FileRecord,
     ImageFiles,
     channel_stats,
     inspect_files,
@@ -45,7 +48,7 @@ from adios.data.readers import (
     warn_skipped,
 )
 from adios.data.scenes import generate_scenes
-from adios.data.streaming import StreamingBatches, steps_per_epoch
+from adios.data.streaming import StreamingBatches, batch_share, steps_per_epoch
 from adios.perf import upload
 
 SCENE_COUNTS = (4096, 1024, 1024)  # train, val, test scenes when data.num_* is null
@@ -92,17 +95,24 @@ class Dataset:
     load_size: int | None = None
 
 
-def load_dataset(cfg: DataConfig, bank_size: int = 4096, progress: bool = False) -> Dataset:
+Gather = Callable[[list[Any]], list[list[Any]]]  # every process's list, in rank order
+
+
+def load_dataset(cfg: DataConfig, bank_size: int = 4096, progress: bool = False,
+                 share: tuple[int, int] = (0, 1), gather: Gather | None = None) -> Dataset:
     """Build the splits named by a DataConfig, every image validated before training starts.
 
     All splits are uint8 at ``cfg.image_size`` (resized, shorter side first, then centre-cropped,
     when a source stores another size). ``bank_size`` is how many training images a streamed
     dataset decodes into ``train``; ``progress`` shows a bar while class folders are decoded.
+    Under torchrun (``share``: rank, world size; ``gather``: an all-gather of lists) each
+    process checks only its share of a streamed folder's training files, whose records are
+    then gathered: the check decodes every file, W times over without it.
     """
     if cfg.name == "shapes":
         return _scenes(cfg)
     if cfg.name == "folder":
-        return _folder_dataset(cfg, bank_size, progress)
+        return _folder_dataset(cfg, bank_size, progress, share, gather)
     if cfg.name in ("cifar10", "cifar100"):
         pool, test = (read_cifar(cfg.path, cfg.name, split) for split in ("train", "test"))
     elif cfg.name == "stl10":
@@ -187,7 +197,21 @@ def _take(part: ArraySplit, index: Tensor, size: int) -> Split:
     return Split(fit_size(part.images[index], size), part.labels[index])
 
 
-def _folder_dataset(cfg: DataConfig, bank_size: int, progress: bool) -> Dataset:
+def _inspect_share(paths: list[Path], size: int, keep: int, share: tuple[int, int],
+                   gather: Gather, **kwargs: Any) -> tuple[Tensor, list[FileRecord]]:
+    """``inspect_files`` of the first ``keep`` files (decoded on every process) and of every
+    ``world``-th file after them from ``keep + rank``; the others' records gathered."""
+    rank, world = share
+    own = [*range(keep), *range(keep + rank, len(paths), world)]
+    images, records = inspect_files([paths[i] for i in own], size, keep=keep, **kwargs)
+    every: list[Any] = records[:keep] + [None] * (len(paths) - keep)
+    for other, part in enumerate(gather(records[keep:])):
+        every[keep + other::world] = part
+    return images, every
+
+
+def _folder_dataset(cfg: DataConfig, bank_size: int, progress: bool,
+                    share: tuple[int, int] = (0, 1), gather: Gather | None = None) -> Dataset:
     """A class-folder tree, decoded into memory, or streamed when it is too large (see module)."""
     layout = list_image_folder(cfg.path, cfg.class_list)
     if layout.empty_classes:
@@ -215,10 +239,15 @@ def _folder_dataset(cfg: DataConfig, bank_size: int, progress: bool) -> Dataset:
         keep = min(bank_size, len(split_files)) if stream and name == "train" else len(split_files)
         if whole and name == "train":  # the crops' source: every image whole at load_size
             keep = 0 if stream else len(split_files)
-        images, records = inspect_files(split_files.paths, train_size if name == "train" else size,
-                                        keep=keep, workers=cfg.workers, progress=progress,
-                                        desc=f"checking {name} images",
-                                        whole=bool(whole) and name == "train")
+        check = dict(workers=cfg.workers, progress=progress, desc=f"checking {name} images",
+                     whole=bool(whole) and name == "train")
+        if stream and name == "train" and gather is not None and share[1] > 1:
+            images, records = _inspect_share(split_files.paths, train_size, keep, share, gather,
+                                             **check)
+        else:
+            images, records = inspect_files(split_files.paths,
+                                            train_size if name == "train" else size,
+                                            keep=keep, **check)
         failed = torch.tensor([bool(r.error) for r in records], dtype=torch.bool)
         bad += [(p, r.error) for p, r in zip(split_files.paths, records, strict=True) if r.error]
         if name != "test" or "test" not in layout.splits:  # the training folder's images
@@ -318,7 +347,10 @@ class InMemoryBatches:
     streaming source for datasets too large for memory can stand in for this class. With
     ``instances`` a batch is (images, labels, instance maps). ``device``: where batches go
     (default: the split's); a host split's batches are copied there one at a time.
+    ``epoch(generator, share)``: only this process's part of each global batch under torchrun.
     """
+
+    takes_share = True  # adios.distributed.ShardedBatches passes (rank, world)
 
     def __init__(self, split: Split, batch_size: int, instances: bool = False,
                  drop_last: bool = False, device: torch.device | None = None) -> None:
@@ -332,11 +364,16 @@ class InMemoryBatches:
     def __len__(self) -> int:
         return self.steps
 
-    def epoch(self, generator: torch.Generator) -> Iterator[tuple[Tensor | None, ...]]:
+    def epoch(self, generator: torch.Generator,
+              share: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor | None, ...]]:
         order_cpu = torch.randperm(len(self.split), generator=generator)
         order = order_cpu.to(self.split.images.device)
         for i in range(self.steps):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
+            part = batch_share(len(index), share)
+            if part is None:
+                continue
+            index = index[part]
             labels = None if self.split.labels is None else self.split.labels[index]
             batch = (self.split.images[index], labels,
                      self.split.instances[index] if self.instances else None)
@@ -345,7 +382,7 @@ class InMemoryBatches:
             if self.instances:
                 yield images, labels, instances
             elif self.has_extents:
-                rows = order_cpu[i * self.batch_size : (i + 1) * self.batch_size]
+                rows = order_cpu[i * self.batch_size : (i + 1) * self.batch_size][part]
                 yield images, labels, self.split.extents[rows]
             else:
                 yield images, labels

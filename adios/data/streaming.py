@@ -44,13 +44,28 @@ def steps_per_epoch(images: int, batch_size: int, drop_last: bool = False) -> in
     return steps + 1 if not drop_last and images % batch_size >= 2 else steps
 
 
+def batch_share(size: int, share: tuple[int, int]) -> slice | None:
+    """This process's part of a global batch of ``size`` images under torchrun (``share``:
+    rank, world size): an equal slice, the last ``size % world`` images left out; None when it
+    would hold fewer than 2 images (a batch of one cannot be normalised). One process: all."""
+    rank, world = share
+    if world == 1:
+        return slice(None)
+    each = size // world
+    return slice(rank * each, (rank + 1) * each) if each >= 2 else None
+
+
 class StreamingBatches:
     """Shuffled uint8 batches of image files, decoded ahead of the training step.
 
     Same interface as ``InMemoryBatches``: ``len()`` is the number of steps per epoch and
     ``epoch(generator)`` yields ``(uint8 images (B, 3, S, S) on device, int64 labels)``, and with
     ``whole`` (``has_extents``) also the CPU int64 (B, 2) extents of the whole images.
+    ``epoch(generator, share)``: only this process's part of each global batch is decoded
+    and copied (:func:`batch_share`), not the whole batch on every process.
     """
+
+    takes_share = True  # adios.distributed.ShardedBatches passes (rank, world)
 
     def __init__(
         self,
@@ -73,12 +88,13 @@ class StreamingBatches:
     def __len__(self) -> int:
         return self.steps
 
-    def epoch(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    def epoch(self, generator: torch.Generator,
+              share: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor, Tensor]]:
         order = torch.randperm(len(self.files), generator=generator)
-        batches = [
-            order[i * self.batch_size : (i + 1) * self.batch_size].tolist()
-            for i in range(self.steps)
-        ]
+        global_batches = (order[i * self.batch_size : (i + 1) * self.batch_size]
+                          for i in range(self.steps))
+        batches = [index[part].tolist() for index in global_batches
+                   if (part := batch_share(len(index), share)) is not None]
         loader = DataLoader(
             _DecodeFiles(self.files, self.image_size, self.has_extents),
             batch_sampler=batches,
