@@ -5,27 +5,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from adios.config import (
-    DEFAULT_PRESET,
-    Config,
-    DataConfig,
-    describe,
-    load_config,
-    parse_overrides,
-    preset_names,
-    read_preset,
-    to_dict,
-)
 from adios.errors import AdiosError, ConfigError, NonFiniteError
+
+# Only the standard library above: main() takes Ctrl-C and SIGTERM before the imports of a
+# second or more (numpy, yaml, torch), which come after it (PRELOAD, and inside the commands).
+if TYPE_CHECKING:
+    from adios.config import Config
 
 OVERRIDES_HELP = (
     "preset=NAME and dotted overrides KEY=VALUE, e.g. preset=shapes-simclr-adios optim.lr=0.3 "
@@ -54,6 +49,7 @@ def _config_for_path(overrides: list[str], training: bool = True) -> Config:
     """The configuration, its ``data.name`` read off what ``data.path`` holds unless given (a
     name that contradicts the path is an error). A training run says when the name changes,
     and which of the scenes preset's settings then apply to other data."""
+    from adios.config import DEFAULT_PRESET, DataConfig, load_config, parse_overrides, read_preset
     from adios.data.readers import ARRAY_FORMATS, dataset_name
 
     tree = parse_overrides(overrides)
@@ -79,6 +75,10 @@ def _config_for_path(overrides: list[str], training: bool = True) -> Config:
 
 
 def _config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from adios.config import describe, load_config, to_dict
+
     if args.keys:
         print("\n".join(describe()))
         return 0
@@ -87,6 +87,8 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
+    from adios.config import preset_names, read_preset
+
     for name in preset_names():
         doc = read_preset(name).get("description", "")
         print(f"{name:32s} {doc}")
@@ -106,6 +108,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 def _bench_data(args: argparse.Namespace) -> int:
     from adios.bench import bench_data, format_bench
+    from adios.config import load_config
 
     result = bench_data(load_config(args.overrides), batches=args.batches, steps=args.steps,
                         warmup=args.warmup)
@@ -115,6 +118,7 @@ def _bench_data(args: argparse.Namespace) -> int:
 
 def _bench_step(args: argparse.Namespace) -> int:
     from adios.bench_step import bench_step, format_step_table
+    from adios.config import load_config
 
     try:
         n_masks = tuple(int(n) for n in args.masks.split(","))
@@ -343,22 +347,58 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
+# what each command imports (torch and the rest: seconds), loaded before the command starts
+PRELOAD = {"train": ("adios.train",), "eval": ("adios.evaluation.commands",),
+           "compare": ("adios.compare",), "bench": ("adios.bench", "adios.bench_step"),
+           "data": ("adios.data.check",), "config": ("yaml", "adios.config"),
+           "presets": ("adios.config",)}
+
+
+def _take_signals(handler: Callable[[int, object], None]) -> dict[int, Any]:
+    """Route Ctrl-C (unless ignored) and SIGTERM (unless handled) to ``handler``; returns the
+    handlers replaced. Outside the main thread signals are left alone."""
+    replaced: dict[int, Any] = {}
+    with contextlib.suppress(ValueError):  # not the main thread
+        for signum, usual in ((signal.SIGINT, signal.default_int_handler),
+                              (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(signum) is usual:
+                replaced[signum] = signal.signal(signum, handler)
+    return replaced
+
+
 def main(argv: list[str] | None = None) -> int:
-    # SIGTERM first: a stop during the seconds of `import torch` is a stop like any other
-    previous = None
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-            previous = signal.signal(signal.SIGTERM, _terminate)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A stop while the command's modules are imported is held until they are: raised inside
+    # an import, a KeyboardInterrupt can be swallowed by a library's bare except (the command
+    # then ran on), or leave a module half-initialised (an "unexpected" error).
+    stops: list[int] = []
+    replaced = _take_signals(lambda signum, frame: stops.append(signum))
     try:
-        return _run(list(sys.argv[1:] if argv is None else argv))
+        try:
+            _preload(argv)
+        finally:
+            for signum, usual in replaced.items():
+                signal.signal(signum, _terminate if signum == signal.SIGTERM else usual)
+        if stops:
+            raise KeyboardInterrupt("SIGTERM" if stops[0] == signal.SIGTERM else "SIGINT")
+        return _run(argv)
     except KeyboardInterrupt as err:  # before the command started (during the imports)
         name = "SIGTERM" if err.args == ("SIGTERM",) else "SIGINT"
         print(f"adios: {'interrupted' if name == 'SIGINT' else 'stopped by ' + name}",
               file=sys.stderr)
         return 143 if name == "SIGTERM" else 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, usual in replaced.items():
+            signal.signal(signum, usual)
+
+
+def _preload(argv: list[str]) -> None:
+    """Import what the command named in ``argv`` needs (nothing for --help or a typo)."""
+    if "-h" in argv or "--help" in argv:
+        return
+    command = next((word for word in argv if not word.startswith("-")), "")
+    for module in PRELOAD.get(command, ()):
+        importlib.import_module(module)
 
 
 def _run(argv: list[str]) -> int:

@@ -8,6 +8,7 @@ import io
 import pickle
 import shutil
 import signal
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_run import TINY
 
+import adios
 from adios.cli import main
 
 EVALS = (["eval", "knn"], ["eval", "linear", "--fast"], ["eval", "masks"],
@@ -219,3 +221,44 @@ def test_29_9_a_stop_during_the_imports_is_one_line(monkeypatch, capsys, signum,
     assert main(["train"]) == code
     err = capsys.readouterr().err
     assert err.strip() == said and "Traceback" not in err
+
+
+class _SwallowingImport:
+    """A meta-path finder that takes a Ctrl-C or SIGTERM during the import of adios.train as
+    some libraries' imports do: under a bare except. Raised inside the import, the stop was
+    lost and the command trained on."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "adios.train":
+            with contextlib.suppress(BaseException):  # what such a library does
+                signal.raise_signal(self.signum)
+        return None
+
+
+@pytest.mark.parametrize(("signum", "code", "said"), [
+    (signal.SIGINT, 130, "adios: interrupted"), (signal.SIGTERM, 143, "adios: stopped by SIGTERM")])
+def test_29_9_a_stop_during_the_imports_is_held_until_they_end(monkeypatch, capsys, tmp_path,
+                                                               signum, code, said):
+    monkeypatch.setattr(adios, "train", sys.modules["adios.train"], raising=False)
+    monkeypatch.delitem(sys.modules, "adios.train")
+    monkeypatch.setattr(sys, "meta_path", [_SwallowingImport(signum), *sys.meta_path])
+    run = tmp_path / "run"
+    assert main(["train", f"run_dir={run}", *TINY, "train.epochs=1"]) == code
+    err = capsys.readouterr().err
+    assert err.strip() == said and "Traceback" not in err
+    assert not run.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_29_9_the_command_line_takes_its_signals_before_any_long_import():
+    """Ctrl-C and SIGTERM are taken in main(); everything imported before it is the window in
+    which they print a traceback or end the process silently: the standard library only."""
+    code = ("import sys, adios.cli; print(sorted(m for m in ('numpy', 'yaml', 'torch', "
+            "'adios.config') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

@@ -25,7 +25,10 @@ Policies for images in class folders (also in README, "Datasets"):
 - files are recognised by extension (``IMAGE_EXTENSIONS``); any other file is skipped with a
   warning that lists it; hidden files (``.DS_Store``) are ignored silently;
 - a file with an image extension that cannot be decoded (truncated, corrupt, not an image) is
-  an error naming it, or skipped with a warning when ``data.bad_files=skip``;
+  an error naming it, or skipped with a warning when ``data.bad_files=skip``; so is an image that
+  would decode to more than ``MAX_PIXELS`` pixels (about 89.5 megapixels, PIL's
+  decompression-bomb threshold; a JPEG counts at the reduced scale it is decoded at), refused
+  before its pixels are decoded;
 - grayscale, palette, CMYK and 16-bit images are converted to 8-bit RGB; an alpha channel is
   dropped (the stored colour is kept, not composited); EXIF orientation is applied;
 - every image is resized so that its shorter side is the load size (``data.image_size``) and
@@ -88,6 +91,9 @@ STL10_CLASSES = (
     "truck",
 )
 STL10_SIZE = 96
+# the most pixels an image may decode to (PIL's Image.MAX_IMAGE_PIXELS default, about 9459 x
+# 9459): a larger one is a bad file, as it would take gigabytes to make one small training image
+MAX_PIXELS = 89_478_485
 _DECODE_BATCH = 64  # files per worker task: large enough to amortise inter-process traffic
 
 
@@ -489,18 +495,49 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+class ImageTooLarge(ValueError):
+    """An image file above ``MAX_PIXELS``: a bad file like an undecodable one."""
+
+
+_LIMIT = f"the limit of {MAX_PIXELS:,} pixels (adios.data.readers.MAX_PIXELS)"
+
+
+def _open_image(data: bytes) -> Image.Image:
+    """``Image.open`` without PIL's DecompressionBombWarning (``_decode`` applies the limit
+    itself, to the pixels it would decode); PIL's DecompressionBombError, for more than twice
+    the limit, becomes ImageTooLarge."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"more than {2 * MAX_PIXELS:,} pixels, over {_LIMIT}; shrink it "
+                            "or remove it") from None
+
+
+def _decoded(image: Image.Image) -> Image.Image:
+    """The opened image's pixels as 8-bit RGB, EXIF orientation applied, decoded now (while
+    its file is open: an RGB image is converted lazily)."""
+    if "exif" in image.info:  # exif_transpose copies the image, so only when there is EXIF
+        image = ImageOps.exif_transpose(image)
+    image = _to_rgb(image)
+    image.load()
+    return image
+
+
 def _decode(
     data: bytes, size: int, whole: bool = False
 ) -> tuple[Tensor, str, int, int, tuple[int, int]]:
     """Decoded image as in ``decode_image`` (``whole``: ``decode_whole``'s square), with the
     file's PIL mode, width and height, and the (height, width) the stored pixels fill."""
-    with Image.open(io.BytesIO(data)) as image:
-        mode, (width, height) = image.mode, image.size
-        image.draft("RGB", (size, size))
-        if "exif" in image.info:  # exif_transpose copies the image, so only when there is EXIF
-            image = ImageOps.exif_transpose(image)
-        image = _to_rgb(image)
-        image.load()  # decode now, while the file is open (an RGB image is converted lazily)
+    with warnings.catch_warnings():  # PIL's warning would come once per worker, then decode
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _open_image(data) as image:
+            mode, (width, height) = image.mode, image.size
+            image.draft("RGB", (size, size))
+            decoded = image.size[0] * image.size[1]  # a JPEG's at its reduced DCT scale
+            if decoded > MAX_PIXELS:
+                raise ImageTooLarge(f"{width} x {height} = {decoded:,} pixels to decode, over "
+                                    f"{_LIMIT}; shrink it or remove it")
+            image = _decoded(image)
     if whole:
         square, extent = _whole_square(image, size)
         return square, mode, width, height, extent

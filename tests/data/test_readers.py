@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -491,6 +492,30 @@ def test_undecodable_images_stop_the_load_or_are_skipped_by_policy(tmp_path):
     with pytest.warns(UserWarning, match="skipping 2 files that cannot be decoded"):
         dataset = load_dataset(load_config([*overrides, "data.bad_files=skip"]).data)
     assert len(dataset.train) + len(dataset.val) + len(dataset.test) == 12
+
+
+def test_an_image_above_the_pixel_limit_is_a_bad_file_named_with_the_limit(tmp_path):
+    """A 100-megapixel PNG printed PIL's DecompressionBombWarning and trained; now it is
+    refused like an undecodable file (error, or skipped by policy), naming the limit."""
+    write_folder(tmp_path, per_class=4)
+    Image.new("1", (10_000, 10_000)).save(tmp_path / "cat" / "big.png")  # 100 MP, 12 KB
+    Image.new("1", (20_000, 9_000)).save(tmp_path / "dog" / "huge.png")  # over PIL's error
+    # a JPEG decodes at an eighth of its size: a 100 MP photo is 1.6 MP to decode, and trains
+    Image.new("L", (10_000, 10_000), 90).save(tmp_path / "fox" / "photo.jpg", quality=20)
+    overrides = ["data.name=folder", f"data.path={tmp_path}", "data.image_size=16",
+                 "data.workers=0", "data.num_val=3", "data.num_test=3"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DataError, match="2 files cannot be decoded") as err:
+            load_dataset(load_config(overrides).data)
+        with pytest.warns(UserWarning, match="skipping 2 files that cannot be decoded"):
+            dataset = load_dataset(load_config([*overrides, "data.bad_files=skip"]).data)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    message = str(err.value)
+    assert "cat/big.png: ImageTooLarge: 10000 x 10000 = 100,000,000 pixels" in message
+    assert "dog/huge.png: ImageTooLarge: more than 178,956,970 pixels" in message
+    assert message.count("over the limit of 89,478,485 pixels") == 2
+    assert len(dataset.train) + len(dataset.val) + len(dataset.test) == 13
 
 
 def test_folder_structure_errors(tmp_path):
