@@ -5,9 +5,10 @@
   same in float16 with a :class:`torch.amp.GradScaler` against gradient underflow, on CUDA only.
 - ``train.channels_last``: NHWC weights and inputs, which convolution libraries (cuDNN, oneDNN)
   run faster, most of all with bf16/fp16 tensor cores or AMX.
-- ``train.compile``: :func:`torch.compile` of the backbone's forward. Batch norms read their
-  grouped/frozen switches as module attributes, which the compiled code guards on: each
-  combination (plain, N groups, frozen) compiles once, then is reused.
+- ``train.compile``: :func:`torch.compile` of the backbone's training forward. Batch norms read
+  their grouped/frozen switches as module attributes, which the compiled code guards on: each
+  combination (plain, N groups, recorded statistics, inputs needing gradients) compiles once,
+  then is reused; eval-mode and no-grad calls run eagerly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import dataclasses
 import os
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -182,10 +184,21 @@ def _keep_nchw(conv: nn.Conv2d) -> None:
     )
 
 
-def compile_module(module: nn.Module, backend: str = "inductor") -> None:
-    """Compile ``module``'s forward in place (state-dict keys unchanged, unlike ``torch.compile``
-    which wraps the module). The first call of each batch-norm mode pays the compilation."""
+def compile_module(module: nn.Module, backend: str | Callable = "inductor") -> None:
+    """Compile ``module``'s training forward in place (state-dict keys unchanged, unlike
+    ``torch.compile``, which wraps the module). The first call of each batch-norm mode pays the
+    compilation. Calls in eval mode or without gradients (evaluation, the probe's re-encoded
+    views) run eagerly: dynamo guards on both, and their variants on top of the training ones
+    reached its recompile limit (8), past which a variant silently runs uncompiled."""
     module.compile(backend=backend)
+    compiled = module._compiled_call_impl
+
+    def training_only(*args: object, **kwargs: object) -> object:
+        if module.training and torch.is_grad_enabled():
+            return compiled(*args, **kwargs)
+        return module._call_impl(*args, **kwargs)
+
+    module._compiled_call_impl = training_only
 
 
 # ----------------------------------------------------------------------------- peak memory

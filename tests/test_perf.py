@@ -252,6 +252,49 @@ def test_compiled_backbone_honours_grouped_and_frozen_batch_norm():
     assert compiled.state_dict().keys() == eager.state_dict().keys()
 
 
+def test_item3_compiled_training_compiles_a_bounded_set_of_variants(monkeypatch):
+    """The paper presets' bn_stats=mixed + probe_views=both with full ADIOS: four compiled
+    variants of the backbone (plain; grouped, recording statistics, twice; inputs that need a
+    gradient, the masker's turn), none more after the first step, and none for evaluation, which
+    runs eagerly. Before, the recorder's dict, grad mode and eval mode were guarded on: 8
+    variants by the second step, dynamo's recompile limit, and evaluation past it
+    (issue 25, item 3). Counted with a backend that runs the traced graph eagerly."""
+    import adios.engine as engine
+
+    graphs = []
+
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    monkeypatch.setattr(engine, "compile_module",
+                        lambda module, backend="inductor": compile_module(module, counting))
+    torch._dynamo.reset()
+    cfg = load_config(["preset=shapes-paper", "model.width=4", "masker.fbase=8",
+                       "masker.n_masks=3", "objective.proj_hidden=32", "objective.proj_out=16",
+                       "optim.batch_size=8", "train.device=cpu", "train.compile=true",
+                       "masking.mode=adios", "train.bn_stats=mixed", "train.probe_views=both"])
+    torch.manual_seed(0)
+    models = build_models(cfg, num_classes=3, device=torch.device("cpu"))
+    encoder_opt, masker_opt = build_optimizers(cfg, models)
+    counts = []
+    try:
+        for step in range(3):
+            g = torch.Generator().manual_seed(step)
+            a = torch.randn(8, 3, 32, 32, generator=g)
+            train_step(cfg, models, encoder_opt, masker_opt, a, a.flip(3),
+                       torch.randint(0, 3, (8,), generator=g), g)
+            counts.append(len(graphs))
+        models.backbone.eval()
+        with torch.no_grad():
+            models.backbone(a)
+            models.backbone(a[:5])
+        counts.append(len(graphs))
+    finally:
+        torch._dynamo.reset()
+    assert counts == [4, 4, 4, 4]
+
+
 def test_memory_window_sees_what_was_allocated_inside_it():
     window = MemoryWindow(torch.device("cpu")).open()
     if not window.supported:

@@ -58,6 +58,13 @@ class _GroupableBatchNorm(_BatchNorm):
     _gather: Callable[[Tensor], Tensor] | None = None
     _recorder: StatsRecorder | None = None
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        # instance attributes from the start: torch.compile guards on whether the instance's
+        # __dict__ holds them, so a context's first set would otherwise force a recompile
+        self._stat_groups, self._stats_frozen, self._sync_stats = 1, False, False
+        self._gather, self._recorder = None, None
+
     def forward(self, input: Tensor) -> Tensor:
         uses_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         sync = uses_batch_stats and self._sync_stats and _world_size() > 1
@@ -107,7 +114,7 @@ class _GroupableBatchNorm(_BatchNorm):
                 outputs.append(F.batch_norm(part, mean, var, self.weight, self.bias, True, 1.0,
                                             self.eps))
                 stats.append((mean, var))
-            self._recorder.calls.setdefault(self, []).append(stats)
+            self._recorder.calls[self].append(stats)
             return outputs
         running_mean = self.running_mean if update_running else None
         running_var = self.running_var if update_running else None
@@ -152,7 +159,7 @@ class _GroupableBatchNorm(_BatchNorm):
         if update_running and self._recorder is not None:
             unbiased = var * (total / (total - 1).clamp_min(1))
             stats = [(m.detach(), v.detach()) for m, v in zip(mean, unbiased, strict=True)]
-            self._recorder.calls.setdefault(self, []).append(stats)
+            self._recorder.calls[self].append(stats)
         elif update_running:
             with torch.no_grad():
                 for group_mean, group_var, n in zip(mean, var, total, strict=True):
@@ -235,8 +242,11 @@ class StatsRecorder:
     """Batch statistics kept aside by :func:`recorded_stats`: per layer, per forward call, one
     (mean, unbiased variance) per group of the call."""
 
-    def __init__(self) -> None:
-        self.calls: dict[_GroupableBatchNorm, list[list[tuple[Tensor, Tensor]]]] = {}
+    def __init__(self, norms: list[_GroupableBatchNorm] | None = None) -> None:
+        # every layer's list exists from the start: torch.compile traces the appends, and a
+        # dict that grew inside the compiled forward would be guarded on (a recompile a call)
+        self.calls: dict[_GroupableBatchNorm, list[list[tuple[Tensor, Tensor]]]] = {
+            norm: [] for norm in norms or []}
 
     def replay(self, copies: int) -> None:
         """Fold the statistics into the running averages as ``copies`` rounds of the reference
@@ -256,7 +266,7 @@ def recorded_stats(module: nn.Module) -> Iterator[StatsRecorder]:
     statistics record the batch statistics instead (outputs unchanged); replay them with the
     yielded recorder's :meth:`~StatsRecorder.replay`. Frozen layers record nothing."""
     norms = _adios_batch_norms(module)
-    recorder = StatsRecorder()
+    recorder = StatsRecorder(norms)
     previous = [norm._recorder for norm in norms]
     for norm in norms:
         norm._recorder = recorder

@@ -304,4 +304,4 @@ def test_recorded_stats_replay_the_reference_order(momentum):
     # a frozen layer records nothing, and a replay without calls changes nothing
     with recorded_stats(ours) as recorder, frozen_bn_stats(ours):
         ours(unmasked)
-    assert recorder.calls == {}
+    assert not any(recorder.calls.values())  # every layer listed, none holding a call
