@@ -46,6 +46,42 @@ def test_gpu_curves_refuses_a_folder_without_splits(tmp_path):
     assert result.returncode == 2 and "no train/ and test/" in result.stderr
 
 
+def run_with_scratch(scratch: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
+           "ADIOS_SCRATCH": str(scratch)}
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_item11_gpu_curves_takes_a_tgz_with_a_top_folder_and_redoes_a_partial_unpacking(
+        tmp_path):
+    """A .tgz whose splits sit in one top folder trains from that folder; a train/ left by an
+    interrupted unpacking (no completion stamp) is unpacked again, not reused (issue 25,
+    item 11)."""
+    import tarfile
+
+    for split in ("train", "test"):
+        (tmp_path / "src" / "cifar10" / split / "cat").mkdir(parents=True)
+        (tmp_path / "src" / "cifar10" / split / "cat" / "0.png").write_bytes(b"png")
+    tarball = tmp_path / "cifar10.tgz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10", arcname="cifar10")
+    scratch = tmp_path / "scratch"
+    (scratch / "adios-cifar10" / "train").mkdir(parents=True)  # a partial earlier unpacking
+    result = run_with_scratch(scratch, str(tarball), "--out", str(tmp_path / "out"), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.startswith("start")]) == 4
+    unpacked = scratch / "adios-cifar10"
+    assert (unpacked / "cifar10" / "test" / "cat" / "0.png").exists()
+    assert not (unpacked / "train").exists()  # the partial one was removed
+    stamp = (unpacked / ".unpacked").read_text()
+    assert run_with_scratch(scratch, str(tarball), "--dry-run").returncode == 0
+    assert (unpacked / ".unpacked").read_text() == stamp  # unpacked once
+    other = tmp_path / "notes.txt"
+    other.write_text("x")
+    assert run_with_scratch(scratch, str(other)).returncode == 2
+
+
 def test_masks_side_by_side_crops_the_panels_of_a_training_picture(tmp_path):
     """The panels found in a mask_figure picture are its image and argmax columns, pixel for
     pixel (checked on images with one flat colour each), and the composite is written."""
