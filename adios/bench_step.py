@@ -89,6 +89,35 @@ def cases(cfg: Config, n_masks: tuple[int, ...], schemes: tuple[str, ...] = (),
     return out + (token_rows if tokens else [])
 
 
+HOST = torch.device("cpu")
+
+
+def _move(trainer: Trainer, device: torch.device) -> None:
+    """A configuration's models and optimiser states to ``device``. 0-d optimiser states stay
+    where they are (Adam keeps its step count on the CPU by design)."""
+    models = trainer.models
+    for module in (models.objective, models.masker, models.probe):
+        if module is not None:
+            module.to(device)
+    for optimizer in (trainer.encoder_opt, trainer.masker_opt):
+        for state in optimizer.state.values() if optimizer is not None else ():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    state[key] = value.to(device)
+
+
+def to_device(trainer: Trainer, device: torch.device) -> None:
+    """Bring one configuration to the device for its timed round; :func:`to_host` takes it
+    back, so that only one configuration's models are there at a time (all of them at once,
+    every N and schedule, would not fit a GPU that fits one training run)."""
+    if device != HOST:
+        _move(trainer, device)
+
+
+def to_host(trainer: Trainer) -> None:
+    _move(trainer, HOST)
+
+
 def bench_step(
     cfg: Config,
     *,
@@ -131,6 +160,7 @@ def bench_step(
     planned = warmup + repeats * steps  # steps per configuration: its schedule's length
 
     def run(case: _Case, count: int) -> float:
+        to_device(case.trainer, device)
         synchronize(device)
         start = time.perf_counter()
         for _ in range(count):
@@ -138,7 +168,9 @@ def bench_step(
             case.trainer.step(a, b, labels, generator, case.steps_done, objects)
             case.steps_done += 1
         synchronize(device)
-        return (time.perf_counter() - start) / count
+        seconds = (time.perf_counter() - start) / count
+        to_host(case.trainer)
+        return seconds
 
     kinds = get_args(get_type_hints(MaskerConfig)["kind"])
     if not set(maskers) <= set(kinds):
@@ -151,7 +183,7 @@ def bench_step(
         case.trainer = build_trainer(case.cfg, PROBE_CLASSES, device, steps_per_epoch=planned)
         case.trainer.models.objective.train()
         run(case, 1)
-        case.peak_mb = window.peak_mb()
+        case.peak_mb = window.peak_mb()  # the high-water mark, from before run() moved it back
     for _ in range(warmup - 1):
         for case in todo:
             run(case, 1)

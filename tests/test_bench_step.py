@@ -136,3 +136,54 @@ def test_bench_step_token_rows_and_their_ratios(capsys):
     table = capsys.readouterr().out
     assert "token-random" in table and "token-adios" in table and "ADIOS-s" in table
     assert "adios-s " not in table  # MAE has token modes only
+
+
+def test_item10_one_configuration_on_the_device_at_a_time(monkeypatch, capsys):
+    """Each configuration comes to the device for its own round and goes back to the host
+    after it, so a step is only ever taken with no other configuration there (issue 25,
+    item 10; on a CPU the moves are no-ops, so the calls are tracked)."""
+    on_device: set[int] = set()
+    built = []
+    original_build, original_step = bench_step.build_trainer, Trainer.step
+
+    def build(*args, **kwargs):
+        trainer = original_build(*args, **kwargs)
+        built.append(trainer)
+        on_device.add(id(trainer))  # built on the device
+        return trainer
+
+    def step(self, *args, **kwargs):
+        assert on_device == {id(self)}
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(bench_step, "build_trainer", build)
+    monkeypatch.setattr(bench_step, "to_device", lambda trainer, device: on_device.add(
+        id(trainer)))
+    monkeypatch.setattr(bench_step, "to_host", lambda trainer: on_device.discard(id(trainer)))
+    monkeypatch.setattr(Trainer, "step", step)
+    assert main(["bench", "step", *TINY, "--masks", "2", "--schedules", "fast",
+                 "--repeats", "2", "--warmup", "2"]) == 0
+    assert len(built) == 3 and not on_device
+
+
+def test_item10_moves_take_models_and_optimiser_states_but_not_adams_step_count():
+    from adios.config import load_config
+    from adios.engine import build_trainer
+
+    cfg = load_config([*TINY, "masking.mode=adios", "optim.mask_name=adamw"])
+    trainer = build_trainer(cfg, 3, torch.device("cpu"), steps_per_epoch=1)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 3, 32, 32, generator=g)
+    trainer.step(a, a.flip(3), torch.randint(0, 3, (8,), generator=g), g, 0)
+    states = [v for opt in (trainer.encoder_opt, trainer.masker_opt)
+              for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    moved = set()
+    original = torch.Tensor.to
+    torch.Tensor.to = lambda self, *args, **kwargs: moved.add(id(self)) or original(
+        self, *args, **kwargs)
+    try:
+        bench_step.to_host(trainer)
+    finally:
+        torch.Tensor.to = original
+    assert any(v.dim() == 0 for v in states) and any(v.dim() > 0 for v in states)
+    assert all((id(v) in moved) == (v.dim() > 0) for v in states)
