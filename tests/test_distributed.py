@@ -340,8 +340,55 @@ def test_item1_in_memory_shares_are_the_global_batch_sliced():
         b[:len(b) // 2 * 2] for b in whole]
 
 
+def gather_worker(out_dir: Path) -> None:
+    """Both gathers all_gather_with_grad may use, forward and backward."""
+    import torch.distributed as dist
+    from torch.distributed import _functional_collectives as collectives
+
+    from adios.distributed import all_gather_with_grad, setup
+
+    env, _ = setup(torch.device("cpu"))
+    results = {"torch": str(torch.__version__)}
+    paths = {"all_gather_with_grad": all_gather_with_grad}
+    fallback = getattr(collectives, "all_gather_tensor_autograd", None)
+    if fallback is not None:  # what all_gather_with_grad uses before torch 2.10
+        paths["all_gather_tensor_autograd"] = lambda x: fallback(x, 0, dist.group.WORLD)
+    for name, gather in paths.items():
+        x = (torch.arange(6, dtype=torch.float64).view(3, 2) + 10 * env.rank).requires_grad_()
+        y = gather(x)
+        weights = torch.arange(12, dtype=torch.float64).view(6, 2) * (env.rank + 1)
+        (y * weights).sum().backward()
+        results[name] = (y.detach(), x.grad)
+    torch.save(results, out_dir / f"gather{env.rank}.pt")
+
+
+def test_item12_gathered_negatives_send_every_process_its_summed_gradient(tmp_path):
+    """SimCLR's negatives come through all_gather_with_grad: forward, the blocks in rank order;
+    backward, each process gets the sum over processes of its block's gradient (process p
+    weighs the gathered tensor by (p + 1) * arange: block r's gradient is 3 * arange's block r).
+    Checked for both gathers it may use, on the torch installed (issue 25, item 12)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node=2", __file__, str(tmp_path), "gather"]
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get(
+        "PYTHONPATH")]))}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"gather{r}.pt", weights_only=False) for r in (0, 1)]
+    blocks = [torch.arange(6, dtype=torch.float64).view(3, 2) + 10 * r for r in (0, 1)]
+    base = torch.arange(12, dtype=torch.float64).view(6, 2)
+    assert "all_gather_with_grad" in ranks[0]
+    for name in ranks[0].keys() - {"torch"}:
+        for rank, result in enumerate(ranks):
+            gathered, grad = result[name]
+            assert torch.equal(gathered, torch.cat(blocks)), name
+            assert torch.equal(grad, 3 * base[3 * rank : 3 * (rank + 1)]), name
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[2] == "decodes":
         decode_worker(Path(sys.argv[1]), Path(sys.argv[3]))
+    elif len(sys.argv) > 2 and sys.argv[2] == "gather":
+        gather_worker(Path(sys.argv[1]))
     else:
         worker(Path(sys.argv[1]))
