@@ -19,36 +19,8 @@ fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 data=$1
 shift
-if [[ -f $data ]]; then
-    case $data in
-        *.tar.gz | *.tgz | *.tar) ;;
-        *) echo "gpu_curves.sh: $data is a file, not a .tar.gz, .tgz or .tar" >&2; exit 2 ;;
-    esac
-    target=${ADIOS_SCRATCH:-/tmp}/adios-cifar10
-    stamp="$(cd "$(dirname "$data")" && pwd)/$(basename "$data") $(wc -c < "$data")"
-    # unpacked whole from this very tarball, or unpacked again: an interrupted tar leaves a
-    # partial train/ that must not be trained on
-    if [[ ! -f $target/.unpacked || $(cat "$target/.unpacked") != "$stamp" ]]; then
-        rm -rf "$target" "$target.partial"
-        mkdir -p "$target.partial"
-        tar xf "$data" -C "$target.partial"
-        echo "$stamp" > "$target.partial/.unpacked"
-        mv "$target.partial" "$target"
-    fi
-    data=$target
-    if [[ ! -d $data/train ]]; then  # a tarball with one top folder (cifar10/train, ...)
-        for sub in "$data"/*/; do
-            if [[ -d $sub/train && -d $sub/test ]]; then
-                data=${sub%/}
-                break
-            fi
-        done
-    fi
-fi
-if [[ ! -d $data/train || ! -d $data/test ]]; then
-    echo "gpu_curves.sh: $data has no train/ and test/ class folders" >&2
-    exit 2
-fi
+source "$root/scripts/unpack_splits.sh"
+data=$(unpack_splits "$data" cifar10) || exit 2
 started=$(date +%s)
 cd "$root"
 "${PYTHON:-python}" -m adios.cli compare grids/cifar10-curves-gpu.yaml "data.path=$data" "$@"

@@ -82,6 +82,37 @@ def test_item11_gpu_curves_takes_a_tgz_with_a_top_folder_and_redoes_a_partial_un
     assert run_with_scratch(scratch, str(other)).returncode == 2
 
 
+def test_gpu_check_dry_run_lists_its_runs_and_checks_their_configurations(tmp_path):
+    """scripts/gpu_check.sh --dry-run on a CPU: four short training runs (fp32, bf16, fp16,
+    compiled), bench step at 32 and 96 px, torchrun with two GPUs or more; every training run's
+    configuration checked by adios config, a bad key refused; nothing written."""
+    for split in ("train", "test"):
+        (tmp_path / "cifar" / split / "cat").mkdir(parents=True)
+    out = tmp_path / "out"
+    script = ROOT / "scripts" / "gpu_check.sh"
+
+    def dry(gpus: str, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
+               "ADIOS_GPUS": gpus}
+        return subprocess.run(["bash", str(script), str(tmp_path / "cifar"), "--out", str(out),
+                               "--dry-run", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    result = dry("2", "model.width=8")
+    assert result.returncode == 0, result.stderr
+    runs = dict(line[4:].split(": ", 1) for line in result.stdout.splitlines()
+                if line.startswith("run "))
+    assert list(runs) == ["fp32", "bf16", "fp16", "compiled", "bench-32px", "bench-96px",
+                          "torchrun-2gpu"]
+    assert "train.precision=fp16" in runs["fp16"] and "train.compile=true" in runs["compiled"]
+    assert "--nproc-per-node=2" in runs["torchrun-2gpu"] and "model.width=8" in runs["fp32"]
+    assert "stl10" in runs["bench-96px"]
+    one = dry("1", "model.widht=8")
+    assert one.returncode == 2 and "bad configuration" in one.stderr
+    assert "torchrun" not in one.stdout
+    assert not out.exists()
+
+
 def test_masks_side_by_side_crops_the_panels_of_a_training_picture(tmp_path):
     """The panels found in a mask_figure picture are its image and argmax columns, pixel for
     pixel (checked on images with one flat colour each), and the composite is written."""
