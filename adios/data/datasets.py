@@ -367,7 +367,7 @@ class InMemoryBatches:
     def epoch(self, generator: torch.Generator,
               share: tuple[int, int] = (0, 1)) -> Iterator[tuple[Tensor | None, ...]]:
         order_cpu = torch.randperm(len(self.split), generator=generator)
-        order = order_cpu.to(self.split.images.device)
+        order = upload(order_cpu, self.split.images.device)  # pinned, not waiting for the GPU
         for i in range(self.steps):
             index = order[i * self.batch_size : (i + 1) * self.batch_size]
             part = batch_share(len(index), share)
