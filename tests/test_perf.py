@@ -270,21 +270,25 @@ def test_item3_compiled_training_compiles_a_bounded_set_of_variants(monkeypatch)
     monkeypatch.setattr(engine, "compile_module",
                         lambda module, backend="inductor": compile_module(module, counting))
     torch._dynamo.reset()
-    cfg = load_config(["preset=shapes-paper", "model.width=4", "masker.fbase=8",
-                       "masker.n_masks=3", "objective.proj_hidden=32", "objective.proj_out=16",
-                       "optim.batch_size=8", "train.device=cpu", "train.compile=true",
-                       "masking.mode=adios", "train.bn_stats=mixed", "train.probe_views=both"])
-    torch.manual_seed(0)
-    models = build_models(cfg, num_classes=3, device=torch.device("cpu"))
-    encoder_opt, masker_opt = build_optimizers(cfg, models)
-    counts = []
+    counts, states = [], []
     try:
-        for step in range(3):
-            g = torch.Generator().manual_seed(step)
-            a = torch.randn(8, 3, 32, 32, generator=g)
-            train_step(cfg, models, encoder_opt, masker_opt, a, a.flip(3),
-                       torch.randint(0, 3, (8,), generator=g), g)
-            counts.append(len(graphs))
+        for compiled in (False, True):
+            cfg = load_config(["preset=shapes-paper", "model.width=4", "masker.fbase=8",
+                               "masker.n_masks=3", "objective.proj_hidden=32",
+                               "objective.proj_out=16", "optim.batch_size=8",
+                               "train.device=cpu", f"train.compile={str(compiled).lower()}",
+                               "masking.mode=adios", "train.bn_stats=mixed",
+                               "train.probe_views=both"])
+            torch.manual_seed(0)
+            models = build_models(cfg, num_classes=3, device=torch.device("cpu"))
+            encoder_opt, masker_opt = build_optimizers(cfg, models)
+            for step in range(3):
+                g = torch.Generator().manual_seed(step)
+                a = torch.randn(8, 3, 32, 32, generator=g)
+                train_step(cfg, models, encoder_opt, masker_opt, a, a.flip(3),
+                           torch.randint(0, 3, (8,), generator=g), g)
+                counts.append(len(graphs))
+            states.append(models.objective.state_dict())
         models.backbone.eval()
         with torch.no_grad():
             models.backbone(a)
@@ -292,7 +296,9 @@ def test_item3_compiled_training_compiles_a_bounded_set_of_variants(monkeypatch)
         counts.append(len(graphs))
     finally:
         torch._dynamo.reset()
-    assert counts == [4, 4, 4, 4]
+    assert counts == [0, 0, 0, 4, 4, 4, 4]
+    for key, value in states[0].items():  # the recorded statistics replayed as eagerly
+        torch.testing.assert_close(states[1][key], value, rtol=0, atol=1e-6, msg=key)
 
 
 def test_memory_window_sees_what_was_allocated_inside_it():
