@@ -336,7 +336,7 @@ class Config:
     preset: str = DEFAULT_PRESET
     description: str = ""
     seed: int = 0
-    run_dir: str | None = None  # None: runs/<preset>-<timestamp>
+    run_dir: str | None = None  # None: runs/<preset, named for its data>-<timestamp>
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -14,8 +14,8 @@
 - A run interrupted before its first checkpoint, with no weights or summary, holds nothing
   worth keeping: the same command (or ``--resume``) starts it again, no ``--overwrite``
   needed. A run with weights or a summary is replaced only by ``--overwrite``.
-- Nothing is written through a symbolic link: a run directory holding one is refused, and
-  the marker is opened with ``O_NOFOLLOW``.
+- Nothing is written through a symbolic link: a run directory holding one is refused (but for
+  the links W&B makes in its own wandb/ folder), and the marker is opened with ``O_NOFOLLOW``.
 - The checkpoint stores the SHA-256 of the config.yaml written beside it. A resume compares the
   configuration it is given (config.yaml, perhaps edited by hand, plus command-line overrides)
   with the one the checkpoint was trained with: settings that only steer the rest of the run
@@ -42,10 +42,20 @@ import time
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from adios.checkpoint import is_temporary, load_checkpoint, nonfinite, save_atomic, write_text
-from adios.config import Config, ConfigError, config_yaml, load_config, read_yaml, to_dict
+from adios.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    config_yaml,
+    load_config,
+    read_preset,
+    read_yaml,
+    to_dict,
+)
 from adios.errors import NonFiniteError, RunDirError
 
 MARKER = ".adios-run"
@@ -165,10 +175,7 @@ class RunDir:
                     continue
                 pid = _marker_pid(fd)
                 os.close(fd)
-                raise RunDirBusy(
-                    f"{self.path} is in use by another adios process (pid {pid}); wait for it "
-                    f"to finish or stop it, or choose another run_dir"
-                ) from None
+                raise _busy(self.path, pid) from None
         self._lock_fd = fd
         self.run_id = _run_id(os.pread(fd, 4096, 0)) or ""
         self._write_marker()
@@ -245,6 +252,26 @@ class RunDir:
         self.resumes = list(checkpoint.get("resumes") or [])
         return checkpoint
 
+    def check_classes(self, checkpoint: dict[str, Any], num_classes: int, cfg: Config) -> None:
+        """Refuse, naming the cause, a resume on images with another number of classes (0:
+        unlabelled) than the checkpoint's online probe was trained on: data.path may move, but
+        to the same images; otherwise the probe's weights or optimiser state do not fit, which
+        was reported as other model settings."""
+        probe = checkpoint.get("probe")
+        weight = probe.get("weight") if isinstance(probe, dict) else None
+        trained = int(weight.shape[0]) if torch.is_tensor(weight) and weight.dim() == 2 else 0
+        if trained == num_classes:
+            return
+        now = (f"hold {num_classes} classes" if num_classes
+               else "are unlabelled (no class folders, or one)")
+        old = (checkpoint["config"].get("data") or {}).get("path")
+        raise RunDirError(
+            f"cannot resume {self.path}: the images at data.path={cfg.data.path} {now}, and its "
+            f"checkpoint was trained on {f'{trained} classes' if trained else 'unlabelled images'}"
+            f"; resume it on the images it was trained on"
+            f"{f' (data.path={old})' if old else ''}, or start a new run (another run_dir) for "
+            f"these")
+
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Check that every weight is finite, then save atomically with the config's hash."""
         parts = {"encoder": state.get("objective"), "masker": state.get("masker"),
@@ -317,26 +344,29 @@ class RunDir:
         return lines
 
 
+def check_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> None:
+    """Raise now the RunDirError :func:`open_run_dir` would raise, before the data is read (a
+    folder of images is decoded and checked first, minutes for a large one). Writes nothing
+    and takes no lock: open_run_dir checks everything again under the lock."""
+    if _active is not None:
+        _active.release()  # as open_run_dir does: an earlier run of this process failed
+    path = None if cfg.run_dir is None else Path(cfg.run_dir)  # None: a new, timestamped one
+    _refuse_unlocked(path, resume=resume, overwrite=overwrite)
+    if path is not None and path.is_dir():
+        pid = holder_pid(path)
+        if pid is not None:
+            raise _busy(path, pid)
+        _verdict(path, _run_id(_read_marker(path)) or "", resume=resume, overwrite=overwrite)
+
+
 def open_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> RunDir:
     """Create, reopen (to resume) or replace the run directory, lock it, record it in
     ``cfg.run_dir``. Raises RunDirError (before touching anything) when it may not be used."""
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite exclude each other")
     if _active is not None:
         _active.release()  # one run at a time per process (an earlier one failed in-process)
     path = _default_path(cfg) if cfg.run_dir is None else Path(cfg.run_dir)
-    if path.exists() and not path.is_dir():
-        if resume:
-            raise RunDirError(f"cannot resume {path}: it is a file, not a run directory; give "
-                              f"the run directory that holds {CONFIG} and {CHECKPOINT}")
-        raise RunDirError(f"run_dir: {path} is a file, not a folder; choose another run_dir")
-    if resume and not path.is_dir():
-        raise RunDirError(f"cannot resume {path}: no such directory; start the run with "
-                          f"adios train run_dir={path}")
+    _refuse_unlocked(path, resume=resume, overwrite=overwrite)
     if path.is_dir():
-        _refuse_links(path)
-        if _run_id(_read_marker(path)) is None and not _is_empty(path):
-            raise _not_ours(path, resume=resume, overwrite=overwrite)
         run = RunDir(path, resume=resume)
         run.lock()
         try:
@@ -358,21 +388,41 @@ def open_run_dir(cfg: Config, *, resume: bool, overwrite: bool) -> RunDir:
     return run
 
 
-def _prepare(run: RunDir, overwrite: bool) -> None:
-    """Under the lock: keep the run (to resume it), start it again, or refuse; deletes only
-    what adios wrote, and only from a run whose marker has a run id."""
-    path = run.path
-    if _is_empty(path):
-        run.start_new()
+def _refuse_unlocked(path: Path | None, *, resume: bool, overwrite: bool) -> None:
+    """What makes ``path`` unusable, found without its lock: flags that exclude each other, a
+    file, a missing run to resume, a symbolic link inside, a folder that is not adios's."""
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other")
+    if path is None:
         return
+    if path.exists() and not path.is_dir():
+        if resume:
+            raise RunDirError(f"cannot resume {path}: it is a file, not a run directory; give "
+                              f"the run directory that holds {CONFIG} and {CHECKPOINT}")
+        raise RunDirError(f"run_dir: {path} is a file, not a folder; choose another run_dir")
+    if resume and not path.is_dir():
+        raise RunDirError(f"cannot resume {path}: no such directory; start the run with "
+                          f"adios train run_dir={path}")
+    if path.is_dir():
+        refuse_links(path)
+        if _run_id(_read_marker(path)) is None and not _is_empty(path):
+            raise _not_ours(path, resume=resume, overwrite=overwrite)
+
+
+def _verdict(path: Path, run_id: str, *, resume: bool, overwrite: bool) -> str:
+    """What becomes of an existing run directory of ours: "new" (nothing in it), "keep" (to
+    resume it), "restart" (stopped before its first checkpoint) or "replace" (--overwrite);
+    raises RunDirError when it may not be used. Decides only, changes nothing."""
+    if _is_empty(path):
+        return "new"
     has_checkpoint = (path / CHECKPOINT).is_file()
     if has_checkpoint and not overwrite:
-        if not run.resume:
+        if not resume:
             raise RunDirError(
                 f"run directory {path} exists and is not empty: it holds a run with a "
                 f"checkpoint; pass --resume {path} to continue it, or --overwrite to replace it")
-        return
-    if not run.run_id:
+        return "keep"
+    if not run_id:
         raise RunDirError(
             f"{path} was made by an adios older than run ids, whose marker does not prove which "
             f"files in it adios wrote, so nothing was deleted: "
@@ -384,9 +434,20 @@ def _prepare(run: RunDir, overwrite: bool) -> None:
             f"{path} holds a finished run ({', '.join(results)}) without its {CHECKPOINT}, so it "
             f"cannot be continued, and it is not restarted: pass --overwrite to replace it (only "
             f"the files adios wrote are deleted), or choose another run_dir")
-    if not overwrite:
-        _tell(f"restarting {path}: its run stopped before its first checkpoint")
-    _empty(path)
+    _refuse_working_directory(path)
+    return "replace" if overwrite else "restart"
+
+
+def _prepare(run: RunDir, overwrite: bool) -> None:
+    """Under the lock: keep the run (to resume it), start it again, or refuse; deletes only
+    what adios wrote, and only from a run whose marker has a run id."""
+    verdict = _verdict(run.path, run.run_id, resume=run.resume, overwrite=overwrite)
+    if verdict == "keep":
+        return
+    if verdict == "restart":
+        _tell(f"restarting {run.path}: its run stopped before its first checkpoint")
+    if verdict != "new":
+        _empty(run.path)
     run.start_new()
 
 
@@ -399,7 +460,7 @@ def resume_config(path: Path, overrides: list[str]) -> Config:
     if not path.is_dir():
         raise RunDirError(f"cannot resume {path}: no such directory; start the run with "
                           f"adios train run_dir={path}")
-    _refuse_links(path)
+    refuse_links(path)
     if _run_id(_read_marker(path)) is None:
         raise _not_ours(path, resume=True, overwrite=False)
     if not (path / CONFIG).is_file():
@@ -446,8 +507,21 @@ def _tell(message: str) -> None:
     print(f"adios: {message}", file=sys.stderr)
 
 
+def run_name(cfg: Config) -> str:
+    """The preset's name, its first word naming the data the run trains on when the preset was
+    made for other data: the default preset on your own images is folder-simclr-adios, not
+    shapes-simclr-adios (the built-in scenes it did not train on)."""
+    try:
+        made_for = (read_preset(cfg.preset).get("data") or {}).get("name", DataConfig.name)
+    except ConfigError:  # not a shipped preset
+        return cfg.preset
+    if made_for == cfg.data.name:
+        return cfg.preset
+    return f"{cfg.data.name}-{cfg.preset.partition('-')[2] or cfg.preset}"
+
+
 def _default_path(cfg: Config) -> Path:
-    stem = Path("runs") / f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = Path("runs") / f"{run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, n = stem, 1
     while path.exists():
         n += 1
@@ -469,18 +543,35 @@ def _not_ours(path: Path, *, resume: bool, overwrite: bool) -> RunDirError:
         + ": choose another run_dir, or empty it yourself")
 
 
+def _busy(path: Path, pid: str) -> RunDirBusy:
+    return RunDirBusy(f"{path} is in use by another adios process (pid {pid}); wait for it to "
+                      f"finish or stop it, or choose another run_dir")
+
+
+def _refuse_working_directory(path: Path) -> None:
+    """Never empty the working directory or a folder above it."""
+    here = Path.cwd().resolve()
+    if here == path.resolve() or path.resolve() in here.parents:
+        raise RunDirError(f"run_dir: {path} is the working directory or a folder above it; "
+                          f"refusing to empty it: choose another run_dir")
+
+
 def _link_error(link: Path) -> RunDirError:
     return RunDirError(f"{link} is a symbolic link: adios never writes through a link in a run "
                        f"directory (it could write outside it); remove the link, or choose "
                        f"another run_dir")
 
 
-def _refuse_links(path: Path) -> None:
-    """A run directory holding a symbolic link anywhere is refused before anything is written."""
+def refuse_links(path: Path) -> None:
+    """A run directory holding a symbolic link anywhere is refused before anything is written;
+    except inside wandb/, the W&B library's own folder, which holds the links it makes itself
+    (latest-run, debug.log): adios never writes there, and deletes it without following them."""
     for folder, dirs, names in os.walk(path):
         for name in dirs + names:
             if os.path.islink(os.path.join(folder, name)):
                 raise _link_error(Path(folder) / name)
+        if Path(folder) == Path(path):
+            dirs[:] = [name for name in dirs if name != "wandb"]
 
 
 def _is_empty(path: Path) -> bool:
@@ -498,10 +589,7 @@ def _written(entry: Path, patterns: tuple[str, ...]) -> bool:
 def _empty(path: Path) -> None:
     """Delete the files adios wrote in ``path`` (never the marker, never anything else);
     refuses the working directory and the folders above it."""
-    here = Path.cwd().resolve()
-    if here == path.resolve() or path.resolve() in here.parents:
-        raise RunDirError(f"run_dir: {path} is the working directory or a folder above it; "
-                          f"refusing to empty it: choose another run_dir")
+    _refuse_working_directory(path)
     kept = []
     for entry in sorted(path.iterdir()):
         inside = WRITTEN_INSIDE.get(entry.name)

@@ -43,7 +43,7 @@ from adios.masking.adios import mask_confidence, mask_sizes
 from adios.masking.blobs import random_blob_masks
 from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
 from adios.perf import check_precision, peak_memory_mb, pick_device, resolve_auto
-from adios.rundir import open_run_dir
+from adios.rundir import check_run_dir, open_run_dir
 from adios.runlog import MetricsLog, NullLog, read_metrics
 from adios.viz import mask_figure
 
@@ -87,6 +87,8 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
         torch.set_num_threads(cfg.train.threads)
     say = (lambda msg: tqdm.write(msg)) if cfg.train.progress and main else (lambda msg: None)
 
+    # a run directory that cannot be used is said now, before the images are decoded and checked
+    from_main(env, lambda: check_run_dir(cfg, resume=resume, overwrite=overwrite))
     # ---- data on the device, models, optimisers, batch source (adios.engine, shared with
     # compare and bench)
     s = setup(cfg, device, env, progress=cfg.train.progress and main)
@@ -112,6 +114,7 @@ def train(cfg: Config, *, resume: bool = False, overwrite: bool = False,
     run_dir = run.path
     checkpoint = run.load_checkpoint() if run.resume else None
     if checkpoint is not None:
+        run.check_classes(checkpoint, dataset.num_classes if labelled else 0, cfg)
         from_main(env, lambda: run.reconcile(cfg, checkpoint))  # apply or refuse changes
     elif main:
         run.write_config(cfg)

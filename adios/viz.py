@@ -8,6 +8,7 @@ pixel for pixel).
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -69,13 +70,16 @@ def _tile_grid(tiles: Tensor, frames: Tensor, scale: int) -> Tensor:
     return cells.permute(0, 3, 1, 4, 2).reshape(rows * cells.shape[-2], cols * cells.shape[-1], 3)
 
 
-def _atomic_savefig(figure: Figure, path: Path) -> None:
-    """Write the PNG next to its destination and rename it, so readers never see half a file;
-    created by ``open``, it gets the permissions of every other file of a run (the umask's)."""
+def savefig_atomic(figure: Figure, path: Path, **options: Any) -> None:
+    """``figure.savefig`` (in the format the suffix names, at ``_DPI`` unless ``options`` say
+    otherwise) into a temporary file beside ``path``, renamed over it: readers never see half
+    a file, and a symbolic link at ``path`` is replaced, never written through. Created by
+    ``open``, the file gets the permissions of every other file of a run (the umask's)."""
     temporary = temporary_name(path)
+    fmt = path.suffix[1:].lower() or "png"
     try:
         with open(temporary, "wb") as file:
-            figure.savefig(file, format="png", dpi=_DPI)
+            figure.savefig(file, **{"format": fmt, "dpi": _DPI, **options})
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -177,5 +181,5 @@ def mask_figure(
         )
     if title:
         figure.text(0.5, 1 - _TITLE_PX / 2 / height, title, ha="center", va="center", fontsize=11)
-    _atomic_savefig(figure, path)
+    savefig_atomic(figure, path)
     return path

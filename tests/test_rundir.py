@@ -3,6 +3,7 @@ resume may change, NaN weights, validation before anything is written, interrupt
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -14,12 +15,14 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tiny_run import TINY, load
+from tiny_run import OWN, TINY, load, write_images
 
 import adios.checkpoint
+import adios.data.datasets
 import adios.engine
 from adios.cli import main
-from adios.rundir import MARKER, RunDir, holder_pid
+from adios.config import load_config
+from adios.rundir import MARKER, RunDir, holder_pid, run_name
 
 ONE_EPOCH = [*TINY, "train.epochs=1", "train.knn_every=0"]
 
@@ -404,6 +407,27 @@ def test_29_3_nothing_is_written_through_a_symbolic_link(finished, tmp_path, cap
     assert list(elsewhere.iterdir()) == []
 
 
+def test_29_3_the_links_wandb_makes_in_its_own_folder_do_not_stop_a_resume(
+        finished, tmp_path, capsys):
+    """W&B makes wandb/latest-run and wandb/debug.log links: a run logged to W&B could not be
+    resumed or evaluated. They are W&B's; --overwrite deletes them without following them."""
+    victim = tmp_path / "victim.log"
+    victim.write_text("precious")
+    run = copy_run(finished, tmp_path)
+    (run / "wandb" / "run-1" / "logs").mkdir(parents=True)
+    (run / "wandb" / "latest-run").symlink_to("run-1")
+    (run / "wandb" / "debug.log").symlink_to(victim)
+    assert main(["train", "--resume", str(run), "train.epochs=2"]) == 0
+    assert main(["eval", "knn", str(run)]) == 0
+    assert train(run, *ONE_EPOCH, "--overwrite") == 0
+    assert not (run / "wandb").exists() and victim.read_text() == "precious"
+    assert (run / "notes.txt").read_text() == "my notes on this run"
+    (run / "wandb").symlink_to(tmp_path)  # the folder itself is no exception
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "train.epochs=2"]) == 2
+    assert f"{run / 'wandb'} is a symbolic link" in capsys.readouterr().err
+
+
 def test_29_4_a_checkpoint_with_non_finite_weights_is_not_resumed_or_exported(
         finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path)
@@ -433,6 +457,96 @@ def test_29_6_a_resume_that_fails_leaves_config_yaml_as_the_checkpoint_knows_it(
     err = capsys.readouterr().err
     assert "edited in config.yaml" not in err and "config.yaml was edited" not in err
     assert json.loads((half_run / "summary.json").read_text())["resumes"] == []
+
+
+def test_29_6_a_resume_on_images_of_other_classes_names_that_cause(tmp_path, capsys):
+    """data.path may move; to a one-class (so unlabelled) folder, or one of three classes, the
+    probe no longer fits: that is the error, not "other model settings", and nothing changes."""
+    write_images(tmp_path / "pets", 40, classes=("cat", "dog"))
+    write_images(tmp_path / "cats", 40, classes=("cat",))
+    write_images(tmp_path / "zoo", 48, classes=("cat", "dog", "cow"))
+    run = tmp_path / "run"
+    assert main(["train", f"data.path={tmp_path / 'pets'}", f"run_dir={run}", *OWN,
+                 "train.epochs=2", "--stop-after-epoch", "1"]) == 0
+    (run / "notes.txt").write_text("my notes on this run")
+    before = files(run)
+    for folder, said in (("cats", "are unlabelled (no class folders, or one)"),
+                         ("zoo", "hold 3 classes")):
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), f"data.path={tmp_path / folder}",
+                     "optim.lr=0.5"]) == 2
+        err = capsys.readouterr().err
+        assert f"the images at data.path={tmp_path / folder} {said}" in err
+        assert "checkpoint was trained on 2 classes" in err
+        assert f"(data.path={tmp_path / 'pets'})" in err
+        assert "other model settings" not in err and "optimiser state" not in err
+        assert "resuming" not in err  # refused before any change is announced
+        assert {k: v for k, v in files(run).items() if k != MARKER} == {
+            k: v for k, v in before.items() if k != MARKER}
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "edited" not in capsys.readouterr().err
+    assert (run / "notes.txt").read_text() == "my notes on this run"
+
+
+def test_28_a_run_directory_that_cannot_be_used_is_refused_before_any_image_is_decoded(
+        tmp_path, monkeypatch, capsys):
+    """"run directory exists" came after every image of the folder was decoded and checked
+    (minutes for a large folder); now every refusal comes first, and keeps the user's files."""
+    images = f"data.path={tmp_path / 'images'}"
+    write_images(tmp_path / "images", 40)
+    run, finished, foreign = tmp_path / "run", tmp_path / "finished", tmp_path / "foreign"
+    assert main(["train", images, f"run_dir={run}", *OWN]) == 0
+    (run / "notes.txt").write_text("my notes on this run")
+    shutil.copytree(run, finished)
+    (finished / "checkpoint.pt").unlink()
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("not adios's")
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("an image was decoded")
+
+    monkeypatch.setattr(adios.data.datasets, "inspect_files", decoded)
+    cases = [
+        ([f"run_dir={run}"], "exists and is not empty: it holds a run with a checkpoint"),
+        ([f"run_dir={foreign}"], "it is not an adios run"),
+        ([f"run_dir={foreign}", "--overwrite"], "nothing was deleted"),
+        ([f"run_dir={finished}"], "holds a finished run"),
+        ([f"run_dir={tmp_path / 'images' / '0.png'}"], "is a file, not a folder"),
+        (["--resume", str(finished)], "holds a finished run"),
+        (["--resume", str(finished), "--hold"], "in use by another adios process"),
+    ]
+    capsys.readouterr()
+    for args, said in cases:
+        before = files(tmp_path)
+        held = os.open(finished / MARKER, os.O_RDONLY)
+        try:
+            if "--hold" in args:  # as another process running it does
+                args.remove("--hold")
+                fcntl.flock(held, fcntl.LOCK_EX)
+            command = args if args[0] == "--resume" else [images, *args, *OWN]
+            assert main(["train", *command]) == 2, args
+        finally:
+            os.close(held)
+        err = capsys.readouterr().err
+        assert said in err and "an image was decoded" not in err, (args, err)
+        assert "adios: cpu" not in err  # the start-up line comes after the data is read
+        assert files(tmp_path) == before, args
+    assert (run / "notes.txt").read_text() == "my notes on this run"
+    assert (foreign / "mine.txt").read_text() == "not adios's"
+
+
+def test_28_a_run_on_your_own_images_is_named_after_them(tmp_path, monkeypatch, capsys):
+    """The default preset on a folder made runs/shapes-simclr-adios-*: it never saw a scene."""
+    write_images(tmp_path / "images", 40)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", f"data.path={tmp_path / 'images'}", *OWN]) == 0
+    (made,) = (tmp_path / "runs").iterdir()
+    assert made.name.startswith("folder-simclr-adios-2"), made.name
+    assert capsys.readouterr().out.strip().endswith(made.name)
+    # a preset made for the data it trains on keeps its name
+    assert run_name(load_config([])) == "shapes-simclr-adios"
+    assert run_name(load_config(["preset=cifar10-laptop"])) == "cifar10-laptop"
+    assert run_name(load_config(["preset=shapes-paper", "data.name=cifar10"])) == "cifar10-paper"
 
 
 @pytest.mark.parametrize(("override", "said"), [

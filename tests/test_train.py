@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from sklearn.metrics import balanced_accuracy_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny_run import OWN, write_images
 
 from adios.cli import main
 from adios.config import load_config
@@ -193,20 +194,6 @@ def test_token_run_reports_where_the_hidden_patches_go(tmp_path, preset, heads):
 
 
 # ---- your own images: a folder given by data.path alone, as a new user gives it
-
-OWN = ["model.width=4", "masker.fbase=8", "objective.proj_hidden=16", "objective.proj_out=8",
-       "optim.batch_size=16", "train.epochs=1", "data.image_size=16", "train.knn_bank=32",
-       "train.progress=false", "train.device=cpu", "train.threads=1", "data.workers=0"]
-
-
-def write_images(folder, count, classes=None):
-    """``count`` small PNGs, flat in ``folder`` or spread over class folders."""
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        where = folder if classes is None else folder / classes[i % len(classes)]
-        where.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(where / f"{i}.png")
-
 
 def tensorboard_images(run_dir):
     accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0})

@@ -1,4 +1,5 @@
-"""The smallest real training run: shapes scenes, width-4 models, 1-2 steps per epoch, one thread.
+"""The smallest real training run: shapes scenes, width-4 models, 1-2 steps per epoch, one thread;
+and the same models on a folder of the user's own images (OWN, write_images).
 
 Shared by the run-directory, checkpoint and command-line tests (tests/ is on the path).
 """
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 TINY = [
     "preset=shapes-paper", "data.num_train=32", "data.num_val=16", "data.num_test=16",
@@ -16,6 +19,21 @@ TINY = [
     "train.knn_bank=32", "train.eval_batch_size=64", "train.progress=false",
     "train.device=cpu", "train.threads=1", "train.picture_every=0",
 ]
+
+
+# a folder given by data.path alone, as a new user gives it
+OWN = ["model.width=4", "masker.fbase=8", "objective.proj_hidden=16", "objective.proj_out=8",
+       "optim.batch_size=16", "train.epochs=1", "data.image_size=16", "train.knn_bank=32",
+       "train.progress=false", "train.device=cpu", "train.threads=1", "data.workers=0"]
+
+
+def write_images(folder: Path, count: int, classes: tuple[str, ...] | None = None) -> None:
+    """``count`` small PNGs, flat in ``folder`` or spread over class folders."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        where = folder if classes is None else folder / classes[i % len(classes)]
+        where.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(where / f"{i}.png")
 
 
 def tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:

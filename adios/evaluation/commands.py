@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from adios.checkpoint import (
 )
 from adios.config import Config, load_config, read_yaml, to_dict
 from adios.data.datasets import SCENE_COUNTS, Dataset, load_dataset
+from adios.data.readers import UNLABELED
 from adios.errors import ConfigError, RunDirError
 from adios.evaluation.features import predict_masks
 from adios.evaluation.figures import confusion_figure, save, size_histogram_figure
@@ -47,6 +49,7 @@ from adios.evaluation.robustness import DEFAULT_CORRELATION, evaluate_background
 from adios.masking.tokens import TOKEN_MODES, draw_visible, hidden_on_objects_report, hidden_pixels
 from adios.models import build_backbone, build_masker
 from adios.perf import pick_device
+from adios.rundir import refuse_links
 from adios.viz import mask_figure
 
 CHECKPOINT = "checkpoint.pt"
@@ -187,6 +190,8 @@ def load_setup(
         config_path = run_dir / "config.yaml"
         if not config_path.is_file():
             raise RunDirError(f"{run_dir} is not a run directory: it holds no config.yaml")
+        if out_dir is None or Path(out_dir).resolve() == run_dir.resolve():
+            refuse_links(run_dir)  # as training does: nothing written through a link
         for item in overrides:
             if not item.startswith(RUN_OVERRIDES):
                 raise ConfigError(
@@ -297,14 +302,34 @@ def _write(setup: EvalSetup, kind: str, result: dict, started: float) -> dict:
     return result
 
 
+def labelled(setup: EvalSetup) -> bool:
+    """Whether the evaluation's training images carry labels (a folder without class folders,
+    or with one, has none): kNN and the linear probes score classes."""
+    labels = setup.dataset().train.labels
+    return labels is not None and bool((labels != UNLABELED).any())
+
+
+def _require_labels(setup: EvalSetup, kind: str) -> None:
+    """One error line, not a ValueError reported as a bug, for a probe of unlabelled images."""
+    if not labelled(setup):
+        where = f" at {setup.cfg.data.path}" if setup.cfg.data.path else ""
+        raise ConfigError(
+            f"{kind}: the {setup.cfg.data.name} images{where} have no labels (no class folders, "
+            f"or one): kNN and linear probes score classes; give labelled images (data.path=DIR "
+            f"with a folder per class), or judge the run by its masks, loss and feature spread "
+            f"(masks.png, summary.json, adios eval report)")
+
+
 def run_knn(
     setup: EvalSetup, ks: Sequence[int] = KNN_KS, temperatures: Sequence[float] = KNN_TEMPERATURES
 ) -> dict:
+    _require_labels(setup, "knn")
     started = time.time()
     return _write(setup, "knn", evaluate_knn(setup.features(), ks, temperatures), started)
 
 
 def run_linear_fast(setup: EvalSetup, weight_decays: Sequence[float] = WEIGHT_DECAYS) -> dict:
+    _require_labels(setup, "linear")
     started = time.time()
     features = setup.features()
     result, _ = evaluate_linear_fast(features, weight_decays)
@@ -319,6 +344,7 @@ def run_linear_fast(setup: EvalSetup, weight_decays: Sequence[float] = WEIGHT_DE
 
 
 def run_linear(setup: EvalSetup, epochs: int = 100, batch_size: int = 256) -> dict:
+    _require_labels(setup, "linear")
     started = time.time()
     dataset = setup.dataset()
     result = evaluate_linear(
@@ -470,6 +496,7 @@ def _variants_figure(variants: dict[str, torch.Tensor], path: Path, n: int) -> N
 
 def run_transfer(setup: EvalSetup) -> dict:
     """kNN and the fast linear probe of this model on another dataset, in one file."""
+    _require_labels(setup, "transfer")
     started = time.time()
     knn = evaluate_knn(setup.features())
     linear, _ = evaluate_linear_fast(setup.features())
@@ -483,8 +510,9 @@ def run_transfer(setup: EvalSetup) -> dict:
 
 
 def run_cheap(setup: EvalSetup) -> list[dict]:
-    """The evaluations a laptop runs in minutes: kNN, fast linear, masks, backgrounds."""
-    results = [run_knn(setup), run_linear_fast(setup)]
+    """The evaluations a laptop runs in minutes: kNN and fast linear (on labelled images),
+    masks (where there are ground-truth objects), backgrounds (on the scenes)."""
+    results = [run_knn(setup), run_linear_fast(setup)] if labelled(setup) else []
     test = setup.dataset().test
     tokens = setup.model_cfg.masking.mode in TOKEN_MODES
     if (setup.masker is not None or tokens) and test.instances is not None:
@@ -571,6 +599,9 @@ def main(args: Any) -> int:
             raise ConfigError("report: give the run directory")
         if args.evaluate:
             setup = load_setup([str(run_dir), *overrides], command=command)
+            if not labelled(setup):
+                print("adios: no labels: kNN and linear probes skipped; the report shows the "
+                      "masks, the loss and the feature spread", file=sys.stderr)
             for result in run_cheap(setup):
                 print(_headline(result))
         elif overrides:

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from adios.viz import mask_colours
+from adios.viz import mask_colours, savefig_atomic
 
 SOURCE_COLOURS = {"trained": "#1f77b4", "untrained": "#ff7f0e", "random_blobs": "#7f7f7f"}
 _MAX_ANNOTATED_CLASSES = 20
@@ -25,9 +25,11 @@ _MAX_LABELLED_CLASSES = 40
 
 
 def save(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Save a PNG atomically (adios.viz.savefig_atomic): no half-written picture after a kill,
+    nothing written through a symbolic link."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    savefig_atomic(figure, path, dpi=dpi, bbox_inches="tight", facecolor="white")
     return path
 
 

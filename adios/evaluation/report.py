@@ -21,7 +21,7 @@ import matplotlib.image
 import yaml
 from matplotlib.figure import Figure
 
-from adios.checkpoint import read_json
+from adios.checkpoint import read_json, write_text
 from adios.config import read_yaml
 from adios.data.datasets import SCENE_COUNTS
 from adios.errors import RunDirError
@@ -33,6 +33,7 @@ from adios.evaluation.figures import (
     save,
     with_epoch_float,
 )
+from adios.rundir import refuse_links
 from adios.runlog import read_metrics
 
 
@@ -118,6 +119,13 @@ def _split_counts(data: dict[str, Any]) -> str:
     return "/".join(words) + " images"
 
 
+def held_out_images(record: RunRecord) -> str:
+    """What the run's test images are, for a caption: the built-in scenes, or other images."""
+    name = str((record.config.get("data") or {}).get("name", "shapes"))
+    return "test scenes" if name == "shapes" else (
+        "test images of the image folder" if name == "folder" else f"{name} test images")
+
+
 def run_title(record: RunRecord) -> str:
     """What the run is, from its configuration (a directory name says nothing reliable)."""
     cfg = record.config
@@ -185,14 +193,24 @@ def summary_table(record: RunRecord) -> Table | None:
             rows.append(
                 [label, _num(s[key]), _num(s.get(f"{key}_untrained")), _num(s.get(f"{key}_random"))]
             )
+    # an unlabelled run: what shows whether it learned, beside its masks
+    if "feature_spread" in s:
+        rows.append(["feature spread", _num(s["feature_spread"]),
+                     _num(s.get("feature_spread_random_init")), "–"])
+    if "loss_last_epoch" in s:
+        rows.append(["SSL loss, last epoch (training images)", _num(s["loss_last_epoch"]), "–",
+                     "–"])
     if not rows:
         return None
+    note = "Quick numbers from training; the tables below follow the full protocol."
+    if isinstance(s.get("labels"), str):
+        note = f"Labels: {s['labels']}. {note}"
     return Table(
         "Summary written at the end of training (test split)",
         ["measure", "trained", "at initialisation", "random blobs"],
         rows,
-        note="Quick numbers from training; the tables below follow the full protocol.",
-        key=False,
+        note=note,
+        key=not any(key in s for key in ("knn_acc", "mask_fg_ari")),
     )
 
 
@@ -408,7 +426,8 @@ def pictures(record: RunRecord) -> list[tuple[str, Path]]:
     run_dir = record.run_dir
     found: list[tuple[str, Path]] = []
     if (run_dir / "masks.png").is_file():
-        found.append(("Learned masks on test scenes (end of training)", run_dir / "masks.png"))
+        found.append((f"Learned masks on the {held_out_images(record)} (end of training)",
+                      run_dir / "masks.png"))
     for stem, e in record.evals_of("masks").items():
         for name, file in e.get("pictures", {}).items():
             found.append((f"{name.replace('_', ' ')} masks ({stem})", run_dir / file))
@@ -551,7 +570,8 @@ def _draw_table(ax, table: Table) -> None:
 def _key_picture(record: RunRecord) -> tuple[str, Path] | None:
     """The learned masks, or for a run without a masker the linear probe's confusion matrix."""
     if (record.run_dir / "masks.png").is_file():
-        return "learned masks on test scenes (end of training)", record.run_dir / "masks.png"
+        return (f"learned masks on the {held_out_images(record)} (end of training)",
+                record.run_dir / "masks.png")
     for stem, e in record.evals_of("linear_fast").items():
         if (record.run_dir / e.get("confusion_png", "")).is_file():
             return f"confusion matrix ({stem})", record.run_dir / e["confusion_png"]
@@ -623,7 +643,9 @@ def write_report(
     record = RunRecord.read(run_dir)
     html_path = Path(html_path or record.run_dir / "report.html")
     png_path = Path(png_path or html_path.with_suffix(".png"))
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(render_html(record), encoding="utf-8")
+    for path in (html_path, png_path):
+        if path.parent.resolve() == record.run_dir.resolve():
+            refuse_links(record.run_dir)  # as training does: nothing written through a link
+    write_text(render_html(record), html_path)  # atomically, as every file of a run
     render_png(record, png_path)
     return html_path, png_path

@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+import shutil
 
 import matplotlib.image
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from sklearn.metrics import balanced_accuracy_score
+from tiny_run import OWN, write_images
 
 from adios.cli import main
 from adios.config import load_config
@@ -157,6 +159,49 @@ def test_mask_evaluation_reproduces_the_runs_summary_with_its_own_initial_masker
     setup = load_setup([str(run_dir)])
     for key, value in setup.init_masker.state_dict().items():
         assert torch.equal(value, initial[key]), key
+
+
+def test_eval_writes_nothing_through_a_symbolic_link(run_dir, tmp_path, capsys):
+    """Pictures were saved in place, following a link in the run directory to outside it."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, symlinks=True)
+    (run / "notes.txt").write_text("my notes on this run")
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    (run / "eval_masks_sizes.png").unlink(missing_ok=True)
+    (run / "eval_masks_sizes.png").symlink_to(victim)
+    assert main(["eval", "masks", str(run)]) == 2
+    assert f"{run / 'eval_masks_sizes.png'} is a symbolic link" in capsys.readouterr().err
+    assert victim.read_bytes() == b"precious"
+    # --out: results go to a folder of the user's; a link there is replaced, not followed
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "eval_masks_sizes.png").symlink_to(victim)
+    assert main(["eval", "masks", str(run), "--out", str(out)]) == 0
+    assert victim.read_bytes() == b"precious"
+    assert not (out / "eval_masks_sizes.png").is_symlink()
+    assert (run / "notes.txt").read_text() == "my notes on this run"
+
+
+def test_an_unlabelled_run_is_evaluated_for_what_it_has(tmp_path, capsys):
+    """kNN and the linear probes of a run on a folder without classes were an "unexpected
+    ValueError ... a bug", and so was adios eval report --evaluate; the report now shows the
+    feature spread and the loss summary.json holds for it."""
+    write_images(tmp_path / "images", 40)
+    run = tmp_path / "run"
+    assert main(["train", f"data.path={tmp_path / 'images'}", f"run_dir={run}", *OWN]) == 0
+    capsys.readouterr()
+    for argv in (["eval", "knn"], ["eval", "linear", "--fast"], ["eval", "linear"]):
+        assert main([*argv, str(run)]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("adios: error:") == 1 and "have no labels" in err, argv
+        assert "bug" not in err, argv
+    assert main(["eval", "report", str(run), "--evaluate"]) == 0
+    assert "no labels: kNN and linear probes skipped" in capsys.readouterr().err
+    page = (run / "report.html").read_text()
+    assert "feature spread" in page and "Labels: none" in page and "SSL loss, last epoch" in page
+    assert "Learned masks on the test images of the image folder" in page
+    assert not list(run.glob("eval_*"))
 
 
 def test_model_overrides_on_a_run_are_refused(run_dir, capsys):

@@ -4,9 +4,12 @@ import json
 
 import matplotlib
 import numpy as np
+import pytest
 from matplotlib.figure import Figure
 
-from adios.evaluation.figures import curve_panels, draw_curves, with_epoch_float
+from adios.cli import main
+from adios.errors import RunDirError
+from adios.evaluation.figures import curve_panels, draw_curves, save, with_epoch_float
 from adios.evaluation.report import RunRecord, run_description, run_title, write_report
 
 CONFIG = {
@@ -72,3 +75,62 @@ def test_png_report_draws_the_confidence_panel(tmp_path):
     _, png = write_report(make_run(tmp_path))
     picture = matplotlib.image.imread(png)
     assert picture.shape[0] > 300 and picture.shape[1] > 1000
+
+
+def picture(path, value=128):
+    figure = Figure(figsize=(1, 1))
+    figure.figimage(np.full((8, 8), value / 255), cmap="gray")
+    save(figure, path)
+
+
+@pytest.mark.parametrize(("name", "caption"), [
+    ("shapes", "Learned masks on the test scenes"),
+    ("folder", "Learned masks on the test images of the image folder"),
+    ("cifar10", "Learned masks on the cifar10 test images"),
+])
+def test_the_mask_caption_says_what_the_images_are(tmp_path, name, caption):
+    """The caption said "test scenes" for a run on any data."""
+    config = {**CONFIG, "data": {**CONFIG["data"], "name": name}}
+    run = make_run(tmp_path, config)
+    picture(run / "masks.png")
+    html_path, _ = write_report(run)
+    page = html_path.read_text()
+    assert caption in page
+    assert name == "shapes" or "scenes" not in page.split("<h2>Configuration")[0]
+
+
+def test_the_report_is_written_atomically_and_never_through_a_link(tmp_path, monkeypatch, capsys):
+    """report.html was opened and written through a symbolic link in the run directory, and
+    pictures were written in place (a failure left half a PNG)."""
+    run = make_run(tmp_path)
+    victim = tmp_path / "victim.html"
+    victim.write_text("precious")
+    (run / "report.html").symlink_to(victim)
+    assert main(["eval", "report", str(run)]) == 2
+    assert f"{run / 'report.html'} is a symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "precious" and not (run / "report.png").exists()
+    (run / "report.html").unlink()
+    # --html elsewhere: a link there is replaced by the report, its target untouched
+    elsewhere = tmp_path / "out" / "mine.html"
+    elsewhere.parent.mkdir()
+    elsewhere.symlink_to(victim)
+    write_report(run, elsewhere)
+    assert victim.read_text() == "precious" and not elsewhere.is_symlink()
+    assert "<html" in elsewhere.read_text()
+    # a picture that fails half-way leaves the old one whole, and no temporary file
+    html_path, png_path = write_report(run)
+    before = png_path.read_bytes()
+
+    def half(self, file, **options):
+        file.write(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", half)
+    with pytest.raises(OSError, match="disk full"):
+        write_report(run)
+    assert png_path.read_bytes() == before
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.yaml", "metrics.jsonl", "report.html", "report.png", "summary.json"]
+    with pytest.raises(RunDirError, match="is a symbolic link"):
+        (run / "tb").symlink_to(tmp_path / "out")
+        write_report(run)
