@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train an encoder and an occlusion model",
-                       description="Train with a preset (default: shapes-simclr-adios) and "
+                       description="Train with a preset (default: shapes-laptop) and "
                        "overrides; prints the run directory as its last line.")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.add_argument("--resume", metavar="RUN_DIR", type=Path,

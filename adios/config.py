@@ -23,7 +23,7 @@ import yaml
 from adios.config_data import SceneConfig, ViewConfig
 from adios.errors import ConfigError
 
-DEFAULT_PRESET = "shapes-simclr-adios"
+DEFAULT_PRESET = "shapes-laptop"
 # bounds that keep every derived number in range (a float32 rate, a step count, a seed mixed
 # with the epoch and the rank in adios.engine): beyond them a value is surely a typo
 MAX_RATE = 1e6

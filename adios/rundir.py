@@ -509,8 +509,8 @@ def _tell(message: str) -> None:
 
 def run_name(cfg: Config) -> str:
     """The preset's name, its first word naming the data the run trains on when the preset was
-    made for other data: the default preset on your own images is folder-simclr-adios, not
-    shapes-simclr-adios (the built-in scenes it did not train on)."""
+    made for other data: the default preset on your own images is folder-laptop, not
+    shapes-laptop (the built-in scenes it did not train on)."""
     try:
         made_for = (read_preset(cfg.preset).get("data") or {}).get("name", DataConfig.name)
     except ConfigError:  # not a shipped preset

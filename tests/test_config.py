@@ -9,7 +9,9 @@ def test_default_preset_and_dotted_overrides():
     cfg = load_config(["optim.lr=0.05", "data.scenes.max_objects=3",
                        "data.scenes.count_weights=null", "masking.mode=adios-s",
                        "augment.view_b.solarize_p=0.2", "data.image_size=64"])
-    assert cfg.preset == "shapes-simclr-adios"
+    assert cfg.preset == "shapes-laptop"
+    # the laptop default picks its precision and layout from the CPU it lands on (adios.perf)
+    assert (cfg.train.precision, cfg.train.channels_last) == ("auto", "auto")
     assert cfg.optim.lr == 0.05 and isinstance(cfg.optim.lr, float)
     assert cfg.data.scenes.max_objects == 3
     assert cfg.masking.mode == "adios-s"

@@ -1,5 +1,6 @@
 """scripts/gpu_curves.sh: argument handling and the grid it runs, checked by a CPU dry run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -145,3 +146,32 @@ def test_masks_side_by_side_crops_the_panels_of_a_training_picture(tmp_path):
     assert np.abs(left.mean(0) - right.mean(0)).max() > 30  # ... in different colours
     out = tmp_path / "side.png"
     assert side.main([str(out), f"a={run}", f"b={run}"]) == 0 and out.stat().st_size > 1000
+
+
+def test_bench_old_new_times_each_checkouts_own_default(monkeypatch):
+    """scripts/bench_old_new.py reads a checkout's default run from its own config code and
+    picks that row of its bench output (not the plain row, not another schedule)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_old_new.py"
+    spec = importlib.util.spec_from_file_location("bench_old_new", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    repo = path.parents[1]
+    assert module.default_run(repo) == ("adios", "fast", 4)  # shapes-laptop
+    rows = [{"masking": "none", "schedule": "fast", "seconds_per_step": 1.0},
+            {"masking": "adios", "schedule": "single-pass", "seconds_per_step": 2.0},
+            {"masking": "adios", "schedule": "fast", "seconds_per_step": 3.0}]
+    calls = []
+
+    def fake_run(checkout, code, env):
+        calls.append(code)
+        return '["adios", "fast", 4]' if code[0] == "-c" and "load_config" in code[1] else (
+            "noise\n" + json.dumps(rows))
+
+    monkeypatch.setattr(module, "run_python", fake_run)
+    assert module.time_step(repo, {}, 2)["seconds_per_step"] == 3.0
+    bench = calls[-1]
+    assert bench[bench.index("--learned") + 1] == "adios"
+    assert bench[bench.index("--schedules") + 1] == "fast"
+    assert "train.threads=2" in bench
