@@ -68,6 +68,7 @@ from adios.perf import (
     make_deterministic,
     optimizer_step,
     pick_device,
+    resolve_auto,
     synchronize,
     upload,
     use_channels_last,
@@ -129,7 +130,7 @@ def _build_models(cfg: Config, num_classes: int | None, device: torch.device) ->
     probe = nn.Linear(backbone.out_dim, num_classes) if num_classes else None
     models = Models(objective.to(device), masker and masker.to(device), probe and probe.to(device),
                     scheme=fixed_scheme(cfg.masking, cfg.data.image_size))
-    if cfg.train.channels_last:
+    if resolve_auto(cfg, device).train.channels_last:
         use_channels_last(models.objective, models.masker)
     if cfg.train.compile:
         compile_module(models.backbone)
@@ -377,7 +378,7 @@ def train_step(
     if cfg.masking.mode in TOKEN_MODES:
         return token_train_step(cfg, models, encoder_opt, masker_opt, a, b, labels, generator,
                                 scaler=scaler)
-    if cfg.train.channels_last:
+    if resolve_auto(cfg, a.device).train.channels_last:  # auto: as build_models decided
         a, b = channels_last(a), channels_last(b)
     amp = autocast(cfg.train.precision, a.device)
     masks = draw_masks(cfg, models, a, b, generator, objects, amp)

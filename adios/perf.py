@@ -89,20 +89,29 @@ def cpu_has_native_bf16(flags: set[str], env: dict[str, str] | None = None) -> b
     return bool(flags & {"amx_bf16", "avx512_bf16"}) and cap not in _NO_BF16_ISAS
 
 
+def resolve_precision(precision: str, device: torch.device, flags: set[str] | None = None,
+                      env: dict[str, str] | None = None) -> str:
+    """``auto`` made concrete for ``device`` (bf16 where it is native, else fp32); any other
+    precision unchanged. Also used by :func:`autocast`, so a configuration passed straight to
+    the training step (the Python API) needs no resolving first."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = device.type == "cpu" and cpu_has_native_bf16(
+            cpu_flags() if flags is None else flags, env)
+    return "bf16" if native else "fp32"
+
+
 def resolve_auto(cfg: Config, device: torch.device, flags: set[str] | None = None,
                  env: dict[str, str] | None = None) -> Config:
     """``cfg`` with ``train.precision`` and ``train.channels_last`` of ``auto`` made concrete
     for ``device``: bf16 where it is native, NHWC for a ResNet (faster in fp32 and bf16 on the
     CPUs measured, docs/scaling.md; cuDNN's tensor cores want it)."""
     train = cfg.train
-    precision, layout = train.precision, train.channels_last
-    if precision == "auto":
-        if device.type == "cuda":
-            native = torch.cuda.is_bf16_supported()
-        else:
-            native = device.type == "cpu" and cpu_has_native_bf16(
-                cpu_flags() if flags is None else flags, env)
-        precision = "bf16" if native else "fp32"
+    precision = resolve_precision(train.precision, device, flags, env)
+    layout = train.channels_last
     if layout == "auto":
         layout = cfg.model.backbone.startswith("resnet")
     if (precision, layout) == (train.precision, train.channels_last):
@@ -122,6 +131,7 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The forward-pass context for ``train.precision`` (a no-op for fp32)."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     check_precision(precision, device)
@@ -130,6 +140,7 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
     """The loss scaler fp16 needs; None for fp32 and bf16 (bf16 has float32's exponent range)."""
+    precision = resolve_precision(precision, device)
     check_precision(precision, device)
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 

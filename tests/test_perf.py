@@ -155,6 +155,25 @@ def test_auto_precision_and_layout_resolve_from_the_cpu_features():
         load_config([*TINY, "train.channels_last=maybe"])
 
 
+def test_auto_passed_straight_to_the_step_is_the_resolved_step():
+    """A configuration with precision and layout ``auto`` given to build_models and train_step
+    directly (the Python API, no resolve_auto first) trains exactly as its resolved twin."""
+    cpu = torch.device("cpu")
+    auto = ("train.precision=auto", "train.channels_last=auto")
+    concrete = resolve_auto(load_config([*TINY, *auto]), cpu).train
+    models_auto, stats_auto, dtypes_auto = step_once(*auto)
+    models_res, stats_res, dtypes_res = step_once(
+        f"train.precision={concrete.precision}", f"train.channels_last={concrete.channels_last}")
+    expected = torch.bfloat16 if concrete.precision == "bf16" else torch.float32
+    assert dtypes_auto == dtypes_res and set(dtypes_auto) == {expected}
+    nhwc = models_auto.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc == concrete.channels_last
+    assert stats_auto["loss"] == stats_res["loss"]
+    for (name, p), q in zip(models_auto.objective.named_parameters(),
+                            models_res.objective.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
 def test_fp16_is_refused_on_cpu_with_a_clear_error(tmp_path, capsys):
     cpu = torch.device("cpu")
     for call in (lambda: autocast("fp16", cpu), lambda: grad_scaler("fp16", cpu)):

@@ -18,6 +18,7 @@ from adios.config import load_config
 from adios.data.datasets import load_dataset
 from adios.evaluation.features import extract_features
 from adios.models import build_backbone
+from adios.perf import resolve_precision
 from adios.train import CHECKPOINT
 
 TINY = [
@@ -207,7 +208,9 @@ def test_a_flat_unlabelled_folder_trains_and_its_summary_holds_no_accuracies(tmp
     assert main(["train", f"data.path={tmp_path / 'images'}", f"run_dir={run_dir}", *OWN]) == 0
     err = capsys.readouterr().err
     assert "data.name=folder (read off the folder)" in err and "hue 0.5" in err
-    assert "adios: cpu, 1 threads, precision fp32" in err and "unlabelled" in err
+    # the default preset's precision is auto: what this CPU computes fastest (adios.perf)
+    precision = resolve_precision("auto", torch.device("cpu"))
+    assert f"adios: cpu, 1 threads, precision {precision}" in err and "unlabelled" in err
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["data"]["name"] == "folder"
     dataset = load_dataset(load_config([f"data.path={tmp_path / 'images'}", "data.name=folder",

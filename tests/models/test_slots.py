@@ -172,9 +172,9 @@ def test_config_builds_each_kind_and_checks_slot_options():
             load_config([*TINY, *bad.split()])
 
 
-def test_slots_preset_is_the_default_preset_with_the_slot_masker():
+def test_slots_preset_is_the_scenes_preset_with_the_slot_masker():
     slots = to_dict(load_config(["preset=shapes-simclr-adios-slots"]))
-    default = to_dict(load_config(["masker.kind=slots"]))
+    default = to_dict(load_config(["preset=shapes-simclr-adios", "masker.kind=slots"]))
     for cfg in (slots, default):
         cfg.pop("preset"), cfg.pop("description")
     assert slots == default
