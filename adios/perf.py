@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import os
 import resource
 import sys
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import torch
@@ -70,26 +72,30 @@ _NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_COR
                  "AVX512_CORE_VNNI"}
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where there is none."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where there is none. Read once
+    per process: ``auto`` precision is resolved on every training step of the Python API, and
+    /proc/cpuinfo is slow to read on machines with many cores."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
-def cpu_has_native_bf16(flags: set[str], env: dict[str, str] | None = None) -> bool:
+def cpu_has_native_bf16(flags: AbstractSet[str], env: dict[str, str] | None = None) -> bool:
     """AMX-BF16 or AVX512-BF16, unless oneDNN is capped below them. Without them bf16 autocast
     is emulated and far slower than fp32 (AVX2: 5-10x, docs/scaling.md), not faster."""
     cap = (os.environ if env is None else env).get("ONEDNN_MAX_CPU_ISA", "").upper()
     return bool(flags & {"amx_bf16", "avx512_bf16"}) and cap not in _NO_BF16_ISAS
 
 
-def resolve_precision(precision: str, device: torch.device, flags: set[str] | None = None,
+def resolve_precision(precision: str, device: torch.device,
+                      flags: AbstractSet[str] | None = None,
                       env: dict[str, str] | None = None) -> str:
     """``auto`` made concrete for ``device`` (bf16 where it is native, else fp32); any other
     precision unchanged. Also used by :func:`autocast`, so a configuration passed straight to
@@ -104,7 +110,7 @@ def resolve_precision(precision: str, device: torch.device, flags: set[str] | No
     return "bf16" if native else "fp32"
 
 
-def resolve_auto(cfg: Config, device: torch.device, flags: set[str] | None = None,
+def resolve_auto(cfg: Config, device: torch.device, flags: AbstractSet[str] | None = None,
                  env: dict[str, str] | None = None) -> Config:
     """``cfg`` with ``train.precision`` and ``train.channels_last`` of ``auto`` made concrete
     for ``device``: bf16 where it is native, NHWC for a ResNet (faster in fp32 and bf16 on the

@@ -48,8 +48,9 @@ def default_run(checkout: Path) -> tuple[str, str, int]:
     return mode, schedule, n
 
 
-def time_step(checkout: Path, env: dict[str, str], threads: int) -> dict:
-    mode, schedule, n = default_run(checkout)
+def time_step(checkout: Path, default: tuple[str, str, int], env: dict[str, str],
+              threads: int) -> dict:
+    mode, schedule, n = default
     learned = "" if mode == "none" else mode
     out = run_python(checkout, [
         "-c", CLI, "bench", "step", "--json", "--repeats", "1", "--warmup", "2",
@@ -73,6 +74,7 @@ def main() -> None:
                        check=True, capture_output=True)
         try:
             checkouts = {"old": old, "new": REPO}
+            defaults = {name: default_run(checkout) for name, checkout in checkouts.items()}
             print(f"{platform.processor() or platform.machine()}, {args.threads} threads, "
                   f"old = {args.old}, new = the working tree; median of {args.rounds} rounds")
             for isa, env in (("native", {}), ("AVX2 kernels", AVX2)):
@@ -80,7 +82,7 @@ def main() -> None:
                 rows: dict[str, dict] = {}
                 for _ in range(args.rounds):
                     for name, checkout in checkouts.items():
-                        rows[name] = time_step(checkout, env, args.threads)
+                        rows[name] = time_step(checkout, defaults[name], env, args.threads)
                         seconds[name].append(rows[name]["seconds_per_step"])
                 median = {name: statistics.median(s) for name, s in seconds.items()}
                 for name in checkouts:

@@ -166,11 +166,10 @@ def test_bench_old_new_times_each_checkouts_own_default(monkeypatch):
 
     def fake_run(checkout, code, env):
         calls.append(code)
-        return '["adios", "fast", 4]' if code[0] == "-c" and "load_config" in code[1] else (
-            "noise\n" + json.dumps(rows))
+        return "noise\n" + json.dumps(rows)
 
     monkeypatch.setattr(module, "run_python", fake_run)
-    assert module.time_step(repo, {}, 2)["seconds_per_step"] == 3.0
+    assert module.time_step(repo, ("adios", "fast", 4), {}, 2)["seconds_per_step"] == 3.0
     bench = calls[-1]
     assert bench[bench.index("--learned") + 1] == "adios"
     assert bench[bench.index("--schedules") + 1] == "fast"
